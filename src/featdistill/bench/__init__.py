@@ -1,0 +1,107 @@
+"""Benchmark suites: each writes ``DIR/SUITE.json`` (``{"suite", "rows", "meta"}``) and ``DIR/SUITE.md``.
+
+Speed is measured here, never asserted in tests: the machine is noisy, so suites measure the
+configurations they compare side by side in one run and report ratios.  A suite is a function
+``(out_dir: Path, quick: bool) -> list[dict]`` registered in :data:`SUITES` under its name; modules that
+define suites are imported lazily by name in :data:`SUITE_MODULES` so that ``featdistill bench`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["SUITES", "SUITE_MODULES", "register_suite", "run_suite", "markdown_table", "write_atomic"]
+
+Suite = Callable[[Path, bool], list[dict[str, Any]]]
+SUITES: dict[str, Suite] = {}
+#: suite name → module that registers it (imported on demand)
+SUITE_MODULES: dict[str, str] = {
+    "core": "featdistill.bench.core",
+    "demo": "featdistill.bench.core",
+    "cache": "featdistill.cache.bench",
+    "methods": "featdistill.methods.bench",
+    "condense": "featdistill.condense.bench",
+}
+
+
+def register_suite(name: str) -> Callable[[Suite], Suite]:
+    def deco(fn: Suite) -> Suite:
+        if name in SUITES and SUITES[name] is not fn:
+            raise ValueError(f"benchmark suite {name!r} is already registered")
+        SUITES[name] = fn
+        return fn
+
+    return deco
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (no half-written files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A GitHub markdown table of ``rows`` (columns: the union of keys in first-seen order)."""
+    if not rows:
+        return "(no rows)\n"
+    if columns is None:
+        columns = []
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def machine_meta() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def run_suite(name: str, out_dir: str | Path, quick: bool = False) -> Path:
+    """Run suite ``name`` and write ``out_dir/name.json`` and ``out_dir/name.md``; return the JSON path."""
+    if name not in SUITES and name in SUITE_MODULES:
+        importlib.import_module(SUITE_MODULES[name])
+    if name not in SUITES:
+        raise KeyError(f"unknown benchmark suite {name!r}; known: {sorted(set(SUITE_MODULES) | set(SUITES))}")
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    rows = SUITES[name](out, quick)
+    meta = {**machine_meta(), "quick": quick, "seconds": round(time.perf_counter() - t0, 2)}
+    payload = {"suite": name, "rows": rows, "meta": meta}
+    json_path = out / f"{name}.json"
+    write_atomic(json_path, json.dumps(payload, indent=2, default=str))
+    md = f"# Benchmark suite `{name}`\n\n{markdown_table(rows)}\n" + (
+        f"Machine: {meta['processor']}, torch {meta['torch']}, {meta['threads']} threads"
+        + (f", {meta['cuda']}" if meta["cuda"] else "")
+        + f"; {meta['seconds']} s.\n"
+    )
+    write_atomic(out / f"{name}.md", md)
+    return json_path

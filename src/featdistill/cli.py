@@ -1,0 +1,216 @@
+"""The ``featdistill`` command: demo, train, cache, condense, bench, inspect, search, methods.
+
+Every subcommand is a thin wrapper over the Python API (the same objects, no CLI-only logic).  Expected
+errors (a bad config value, a missing file, an unknown tap path, a stale store) print one clear message
+and exit with status 2 — never a bare traceback; ``FEATDISTILL_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from featdistill.adapters import ShapeMismatchError
+    from featdistill.config import ConfigError
+    from featdistill.taps import TapPathError
+
+    errs: list[type[BaseException]] = [ConfigError, TapPathError, ShapeMismatchError, FileNotFoundError]
+    for mod, name in [
+        ("featdistill.train.config", "TrainConfigError"),
+        ("featdistill.train.checkpoint", "CheckpointError"),
+        ("featdistill.cache", "StoreError"),
+        ("featdistill.condense", "CondenseError"),
+    ]:
+        try:
+            errs.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from featdistill.config import load_config
+    from featdistill.run import run_experiment
+
+    cfg = load_config(args.config, args.set or [])
+    if args.run_dir:
+        cfg = cfg.model_copy(update={"run_dir": args.run_dir})
+    res = run_experiment(cfg, resume=args.resume)
+    print(f"run directory: {res.run_dir}")
+    print(f"test top-1 (last epoch): {res.test_top1:.4f}   validation (last/best): {res.val_top1} / {res.best_val_top1}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from featdistill.demo import run_demo
+
+    run_demo(out_dir=Path(args.out), dataset=args.dataset, seed=args.seed, quick=args.quick)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from featdistill.inspect import inspect_model, print_inspection
+
+    shape = tuple(int(v) for v in args.input_shape.split(","))
+    if args.cka:
+        from featdistill.inspect import run_cka_cli
+
+        return run_cka_cli(args, shape)
+    rows, totals = inspect_model(args.model, num_classes=args.num_classes, input_shape=shape, depth=args.depth)
+    print_inspection(args.model, rows, totals)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from featdistill.bench import run_suite
+
+    path = run_suite(args.suite, args.out, quick=args.quick)
+    print(path.with_suffix(".md").read_text())
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from featdistill import cache
+
+    if args.config == "info":
+        if not args.store:
+            raise FileNotFoundError("usage: featdistill cache info STORE_DIR")
+        print(cache.format_info(cache.store_info(args.store[0])))
+        return 0
+    path = cache.build_store_from_config(args.config, overrides=args.set or [])
+    print(f"teacher store written: {path}")
+    print(cache.format_info(cache.store_info(path)))
+    return 0
+
+
+def cmd_condense(args: argparse.Namespace) -> int:
+    from featdistill import condense
+
+    if args.config == "eval":
+        if not args.rest:
+            raise FileNotFoundError("usage: featdistill condense eval SYNTHETIC.safetensors [--dataset NAME]")
+        res = condense.run_condense_eval(args.rest[0], dataset=args.dataset, num_nets=args.nets, epochs=args.epochs)
+        for k, v in res.items():
+            print(f"{k}: {v}")
+        return 0
+    path = condense.run_condense_config(args.config, overrides=args.set or [])
+    print(f"synthetic set written: {path}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from featdistill.methods.diswot import run_search_cli
+
+    return run_search_cli(args)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from featdistill.methods import METHODS
+
+    table = Table(title="featdistill methods")
+    for col in ("name", "paper", "terms (default weights)", "CE weight", "teacher"):
+        table.add_column(col)
+    for name in sorted(METHODS):
+        m = METHODS[name]
+        terms = ", ".join(f"{k}={v}" for k, v in m.default_weights.items()) or "–"
+        table.add_row(name, m.paper, terms, str(m.default_ce_weight), "yes" if m.needs_teacher else "no")
+    Console().print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="featdistill",
+        description="Efficient knowledge, feature and dataset distillation for PyTorch.",
+    )
+    from featdistill import __version__
+
+    p.add_argument("--version", action="version", version=f"featdistill {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="teacher → student alone / KD / feature KD on embedded data, with a table")
+    s.add_argument("--out", default="runs/demo", help="folder for the run directories (default runs/demo)")
+    s.add_argument("--dataset", default="mnist5k", choices=["mnist5k", "digits"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("train", help="train a student from a YAML config")
+    s.add_argument("config")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=3")
+    s.add_argument("--run-dir", help="override run_dir")
+    s.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("inspect", help="module paths with output shapes, params and MACs (to choose taps)")
+    s.add_argument("model", help="zoo model name (featdistill inspect --list is `featdistill methods` for methods)")
+    s.add_argument("--input-shape", default="3,32,32", help="C,H,W (default 3,32,32)")
+    s.add_argument("--num-classes", type=int, default=100)
+    s.add_argument("--depth", type=int, default=None, help="only show paths up to this many dots")
+    s.add_argument("--cka", metavar="STUDENT", help="print the teacher×student layer CKA matrix against STUDENT")
+    s.add_argument("--out", default=None, help="with --cka: where to write the heatmap PNG")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("bench", help="run a benchmark suite; writes DIR/SUITE.json and DIR/SUITE.md")
+    s.add_argument("suite", help="core | cache | methods | condense")
+    s.add_argument("--out", required=True)
+    s.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test of the suite)")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("cache", help="build a teacher store from a config, or `cache info STORE`")
+    s.add_argument("config", help="CONFIG.yaml, or the word info")
+    s.add_argument("store", nargs="*", help="with info: the store folder")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE")
+    s.set_defaults(func=cmd_cache)
+
+    s = sub.add_parser("condense", help="dataset distillation from a config, or `condense eval SYNTHETIC`")
+    s.add_argument("config", help="CONFIG.yaml, or the word eval")
+    s.add_argument("rest", nargs="*")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE")
+    s.add_argument("--dataset", default="mnist5k")
+    s.add_argument("--nets", type=int, default=3)
+    s.add_argument("--epochs", type=int, default=300)
+    s.set_defaults(func=cmd_condense)
+
+    s = sub.add_parser("search", help="rank candidate students for a teacher without training them (DisWOT)")
+    s.add_argument("teacher")
+    s.add_argument("candidates", nargs="+")
+    s.add_argument("--dataset", default="mnist5k")
+    s.add_argument("--teacher-checkpoint", default=None)
+    s.add_argument("--validate", action="store_true", help="also distil each candidate briefly and correlate")
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("methods", help="list the distillation recipes")
+    s.set_defaults(func=cmd_methods)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _expected_errors() as err:
+        if os.environ.get("FEATDISTILL_DEBUG"):
+            raise
+        print(f"featdistill {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last complete checkpoint is kept (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Experiment configs: YAML → validated pydantic objects, with one clear message per bad key.
+
+Why this module exists: a distillation run is only reproducible if every number ships with the config
+that produced it, and a config is only trustworthy if a typo fails loudly.  YAML is read with
+``yaml.safe_load`` (no tags that execute code); every model has ``extra="forbid"``; a
+:class:`ConfigError` names the key, the value given and the fix, never a bare traceback.
+
+Shape of a config (``featdistill train cfg.yaml``)::
+
+    experiment: kd-mnist
+    seed: 0
+    data: {name: mnist5k, batch_size: 128, augment: {pad_crop: 2}}
+    teacher: {model: convnet, kwargs: {width: 64}, checkpoint: runs/teacher/student.safetensors}
+    student: {model: convnet, kwargs: {width: 8}}
+    method: {name: kd, params: {temperature: 4}, weights: {kd: 0.9}, ce_weight: 0.1}
+    train: {epochs: 5, lr: 0.05}
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from featdistill.train.config import TrainConfig
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TeacherConfig",
+    "MethodConfig",
+    "AugmentConfig",
+    "load_config",
+    "apply_overrides",
+    "dump_config",
+]
+
+DATASETS = ("digits", "mnist5k", "cifar10", "cifar100", "mnist-idx", "image-folder", "synthetic")
+
+
+class ConfigError(ValueError):
+    """An invalid experiment config; the message names each bad key, its value and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AugmentConfig(_Strict):
+    """Replayable train-time augmentation (see :mod:`featdistill.data.views`)."""
+
+    pad_crop: int = Field(0, ge=0, description="random crop of the input size after zero padding by this much")
+    flip: bool = False
+    resized_crop: tuple[float, float] | None = Field(None, description="scale range of a random resized crop")
+
+
+class DataConfig(_Strict):
+    name: str = "mnist5k"
+    root: str | None = Field(None, description="folder with the dataset files (cifar*, mnist-idx, image-folder)")
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(512, gt=0)
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="held out of train for model selection")
+    subset: int | None = Field(None, gt=0, description="use only this many training samples (quick runs)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    views: Literal["fresh", "cycle", "sample"] = Field(
+        "fresh", description="which augmented view an epoch uses (cycle/sample need teacher.store's V)"
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra loader arguments")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in DATASETS:
+            close = difflib.get_close_matches(v, DATASETS, n=2)
+            raise ValueError(f"unknown dataset; choose one of {list(DATASETS)}" + (f" (did you mean {close[0]}?)" if close else ""))
+        return v
+
+
+class ModelConfig(_Strict):
+    model: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = Field(None, description="weights: .safetensors, or a torch file (weights_only)")
+    sha256: str | None = Field(None, description="expected sha256 of the checkpoint file")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from featdistill.models import MODELS
+
+        if v not in MODELS:
+            close = difflib.get_close_matches(v, list(MODELS), n=3)
+            raise ValueError(
+                "unknown model" + (f"; did you mean {', '.join(close)}?" if close else "")
+                + " (featdistill inspect --list shows the zoo)"
+            )
+        return v
+
+
+class TeacherConfig(ModelConfig):
+    source: Literal["live", "store"] = "live"
+    store: str | None = Field(None, description="teacher store folder (featdistill cache) when source=store")
+
+    @model_validator(mode="after")
+    def _store_needs_path(self) -> TeacherConfig:
+        if self.source == "store" and not self.store:
+            raise ValueError("teacher.source = 'store' needs teacher.store: the folder written by `featdistill cache`")
+        return self
+
+
+class MethodConfig(_Strict):
+    name: str = "kd"
+    params: dict[str, Any] = Field(default_factory=dict)
+    weights: dict[str, Any] = Field(default_factory=dict)
+    ce_weight: float | None = None
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_method(self) -> MethodConfig:
+        from featdistill.methods import METHODS
+
+        if self.name not in METHODS:
+            close = difflib.get_close_matches(self.name, list(METHODS), n=3, cutoff=0.3)
+            raise ValueError(
+                f"unknown method {self.name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+                + f"; known: {sorted(METHODS)}"
+            )
+        cls = METHODS[self.name]
+        sig = inspect.signature(cls.__init__)
+        accepted = [p for p in sig.parameters if p not in ("self", "weights")]
+        has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+        bad = [k for k in self.params if k not in accepted]
+        if bad and not has_var_kw:
+            raise ValueError(f"method {self.name!r} has no parameter(s) {bad}; its parameters are {accepted}")
+        unknown_terms = set(self.weights) - set(cls.default_weights)
+        if unknown_terms:
+            raise ValueError(
+                f"method {self.name!r} has no loss term(s) {sorted(unknown_terms)} to weight; "
+                f"its terms are {sorted(cls.default_weights)}"
+            )
+        return self
+
+
+class ExperimentConfig(_Strict):
+    experiment: str = "run"
+    seed: int = Field(0, ge=0)
+    run_dir: str | None = Field(None, description="where the run is written (default runs/<experiment>)")
+    data: DataConfig = Field(default_factory=DataConfig)
+    student: ModelConfig
+    teacher: TeacherConfig | None = None
+    method: MethodConfig = Field(default_factory=lambda: MethodConfig(name="none"))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _teacher_present(self) -> ExperimentConfig:
+        from featdistill.methods import METHODS
+
+        if METHODS[self.method.name].needs_teacher and self.teacher is None:
+            raise ValueError(f"method {self.method.name!r} needs a teacher: add a `teacher:` section")
+        return self
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.experiment
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = [f"invalid config ({err.error_count()} error(s)):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parent = ExperimentConfig
+            for part in e["loc"][:-1]:
+                field = getattr(parent, "model_fields", {}).get(str(part))
+                ann = getattr(field, "annotation", None)
+                parent = next(
+                    (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
+                    None,
+                )
+                if parent is None:
+                    break
+            keys = list(getattr(parent, "model_fields", {})) if parent is not None else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), keys, n=2)
+            fix = f"did you mean {', '.join(close)}?" if close else f"valid keys here: {', '.join(keys)}"
+            lines.append(f"  {loc}: unknown key (value {e['input']!r}); {fix}")
+        elif e["type"] == "missing":
+            lines.append(f"  {loc}: required key is missing")
+        else:
+            value = e.get("input")
+            shown = "" if isinstance(value, Mapping) else f" = {value!r}"
+            lines.append(f"  {loc}{shown}: {msg}")
+    return "\n".join(lines)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: {p!r} holds {nxt!r}, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars/lists) to a raw config dict."""
+    out = copy.deepcopy(dict(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+        _set_dotted(out, key.strip(), value)
+    return out
+
+
+def parse_config(data: Mapping[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment config safely, apply ``--set`` overrides and validate it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (data, student, teacher, method, train)")
+    return parse_config(apply_overrides(data, overrides))
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (what the run directory keeps next to its numbers)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

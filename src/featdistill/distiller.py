@@ -1,0 +1,144 @@
+"""The Distiller: student + method + teacher source as one ``nn.Module`` usable in any training loop.
+
+``forward(batch, epoch)`` returns ``(student_logits, {term: weighted loss})``; the total loss is the sum of
+the values, and every term is logged by name.  The teacher is not a registered submodule: its weights are
+frozen, never saved in checkpoints and never handed to the optimiser or to DDP.  Adapters live in the
+method and train with the student; :meth:`Distiller.export_student` drops them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from featdistill.losses.logits import cross_entropy
+from featdistill.methods.base import Method
+from featdistill.seeding import seeded
+from featdistill.taps import Taps, TapSpec
+from featdistill.teacher import LiveTeacher, TeacherSource
+
+__all__ = ["Distiller"]
+
+
+class Distiller(nn.Module):
+    """Student, method and teacher source wired together.
+
+    Args:
+        student: the network being trained; its forward must return logits.
+        method: a recipe (``featdistill.methods``); ``None`` trains the student alone.
+        teacher: an ``nn.Module`` (wrapped in a :class:`LiveTeacher` with the method's taps) or any
+            :class:`TeacherSource` (e.g. a ``CachedTeacher``).
+        ce_weight: weight of the cross-entropy term; ``None`` uses the method's reference value.
+        label_smoothing: for the cross-entropy term.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        method: Method | None = None,
+        teacher: nn.Module | TeacherSource | None = None,
+        ce_weight: float | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        from featdistill.methods.baseline import StudentOnly
+
+        self.student = student
+        self.method = method if method is not None else StudentOnly()
+        self.ce_weight = self.method.default_ce_weight if ce_weight is None else ce_weight
+        self.label_smoothing = label_smoothing
+        teacher_model = teacher if isinstance(teacher, nn.Module) else getattr(teacher, "model", None)
+        self.method.bind(student, teacher_model)
+        t_taps = self.method.teacher_taps()
+        if self.method.needs_teacher and teacher is None:
+            raise ValueError(f"method {self.method.name!r} needs a teacher; pass teacher=")
+        source: TeacherSource | None
+        if isinstance(teacher, nn.Module):
+            source = LiveTeacher(teacher, t_taps) if t_taps else None
+        else:
+            source = teacher
+            if source is not None:
+                missing = set(t_taps) - set(source.tap_names)
+                if missing:
+                    raise ValueError(
+                        f"method {self.method.name!r} needs teacher outputs {sorted(missing)} that the teacher "
+                        f"source does not provide (it has {sorted(source.tap_names)}); rebuild the store with "
+                        "those taps or use the live teacher"
+                    )
+        # Not registered as a submodule on purpose (see module docstring).
+        object.__setattr__(self, "teacher", source)
+        self._student_taps = Taps(student, {"logits": TapSpec(""), **self.method.student_taps()})
+        self.prepared = False
+        self.channels_last = False
+
+    # -- setup ------------------------------------------------------------------------------------------
+    def prepare(self, batch: Mapping[str, torch.Tensor], seed: int = 0) -> None:
+        """Probe one batch to build the method's adapters (before creating the optimiser).
+
+        Adapter initialisation is seeded from ``seed`` without touching the caller's global RNG.
+        """
+        if self.prepared:
+            return
+        was_training = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            t_feats = self.teacher(batch) if self.teacher is not None else {}
+            _, s_feats = self._student_taps(batch["input"])
+        self.student.train(was_training)
+        with seeded(seed, "adapters"):
+            self.method.setup(s_feats, t_feats)
+        device = next(self.student.parameters()).device
+        self.method.to(device)
+        self.prepared = True
+
+    def configure(self, channels_last: bool = False) -> None:
+        """Switch student, adapters and live teacher to channels_last memory format."""
+        self.channels_last = channels_last
+        if channels_last:
+            self.student.to(memory_format=torch.channels_last)
+            self.method.to(memory_format=torch.channels_last)
+        if isinstance(self.teacher, LiveTeacher):
+            self.teacher.configure(channels_last)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Distiller:
+        # .to(device) / .cuda() must move the unregistered live teacher too.
+        super()._apply(fn, *args, **kwargs)
+        if isinstance(self.teacher, LiveTeacher):
+            self.teacher.model._apply(fn)
+        return self
+
+    # -- the step ---------------------------------------------------------------------------------------
+    def teacher_outputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.teacher(batch) if self.teacher is not None else {}
+
+    def forward(  # type: ignore[override]
+        self, batch: Mapping[str, torch.Tensor], epoch: float = 0.0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not self.prepared:
+            self.prepare(batch)
+        x = batch["input"]
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t_feats = self.teacher_outputs(batch)
+        logits, s_feats = self._student_taps(x)
+        losses: dict[str, torch.Tensor] = {}
+        if self.ce_weight:
+            losses["ce"] = self.ce_weight * cross_entropy(
+                logits.float(), batch["target"], label_smoothing=self.label_smoothing
+            )
+        s_feats = {k: v.float() if v.is_floating_point() else v for k, v in s_feats.items()}
+        for name, value in self.method(s_feats, t_feats, batch, epoch).items():
+            losses[name] = self.method.weight(name, epoch) * value
+        return logits, losses
+
+    # -- parameters and export --------------------------------------------------------------------------
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Student and adapter parameters (what the optimiser updates)."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def export_student(self) -> nn.Module:
+        """The student alone, without adapters or auxiliary heads (what ships)."""
+        return self.student

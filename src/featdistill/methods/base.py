@@ -1,0 +1,126 @@
+"""The recipe contract: a method is data (which taps, which adapters) plus a loss.
+
+A method never owns a training loop.  The :class:`~featdistill.distiller.Distiller` runs the student
+(and asks the teacher source) with the method's taps, calls :meth:`Method.setup` once with probe
+features so the method can build its adapters from real shapes, then calls :meth:`Method.forward` every
+step for the *unweighted* loss terms, which it weights with :attr:`Method.weights` (schedules in epochs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from featdistill.adapters import AdapterKind, ShapeMismatchError, build_adapter, describe_adapter
+from featdistill.losses.schedule import Schedule
+from featdistill.taps import TapSpec
+
+__all__ = ["Method", "METHODS", "register_method", "build_method", "list_methods", "middle_stage"]
+
+Features = dict[str, torch.Tensor]
+
+
+class Method(nn.Module):
+    """Base class of every recipe.  Subclasses set ``name``, ``default_weights`` and override hooks."""
+
+    name: ClassVar[str] = ""
+    #: the paper (title, venue) — shown by ``featdistill methods`` and in docs/methods.md
+    paper: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = True
+    #: unweighted term name → default weight (a float or a Schedule spec like {"value": 1, "warmup": 20})
+    default_weights: ClassVar[dict[str, Any]] = {}
+    #: the cross-entropy weight this method's reference recipe uses (the Distiller's default)
+    default_ce_weight: ClassVar[float] = 1.0
+
+    def __init__(self, weights: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        unknown = set(weights or {}) - set(self.default_weights)
+        if unknown:
+            raise ValueError(
+                f"method {self.name!r} has no loss term(s) {sorted(unknown)}; "
+                f"its terms are {sorted(self.default_weights)}"
+            )
+        merged = {**self.default_weights, **dict(weights or {})}
+        self.weights: dict[str, Schedule] = {k: Schedule.parse(v) for k, v in merged.items()}
+        self.adapters = nn.ModuleDict()
+
+    # -- wiring -----------------------------------------------------------------------------------------
+    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Resolve default tap paths from the models (e.g. their ``stage_paths``).  Called once."""
+
+    def student_taps(self) -> dict[str, TapSpec]:
+        return {}
+
+    def teacher_taps(self) -> dict[str, TapSpec]:
+        return {}
+
+    def setup(self, student_feats: Features, teacher_feats: Features) -> None:
+        """Build adapters from probe shapes.  Called once, before the optimiser is created."""
+
+    def forward(  # type: ignore[override]
+        self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- helpers for subclasses ---------------------------------------------------------------------------
+    def add_adapter(
+        self, key: str, student_feat: torch.Tensor, teacher_feat: torch.Tensor, kind: AdapterKind | None = "auto"
+    ) -> None:
+        """Register the adapter bridging ``student_feat`` to ``teacher_feat`` under ``key``.
+
+        ``kind=None`` forbids adapters: a shape mismatch then raises with both shapes and the adapter that
+        would fix it.
+        """
+        s, t = tuple(student_feat.shape), tuple(teacher_feat.shape)
+        if kind is None:
+            if s[1:] != t[1:]:
+                raise ShapeMismatchError(
+                    f"method {self.name!r}, feature {key!r}: student shape {s} ≠ teacher shape {t}; "
+                    f"enable an adapter (adapter: auto) to build {describe_adapter(s, t)}"
+                )
+            kind = "identity"
+        self.adapters[key] = build_adapter(s, t, kind).to(student_feat.device)
+
+    def weight(self, term: str, epoch: float) -> float:
+        return self.weights[term](epoch) if term in self.weights else 1.0
+
+
+def middle_stage(model: nn.Module) -> str:
+    """The FitNets default hint: the middle stage of a zoo model (``stage_paths[len // 2]``)."""
+    stages = getattr(model, "stage_paths", None)
+    if not stages:
+        raise ValueError(
+            f"{type(model).__name__} has no `stage_paths`; give the tap path explicitly "
+            "(featdistill inspect MODEL lists them)"
+        )
+    return stages[(len(stages) - 1) // 2]
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a recipe to :data:`METHODS` (a duplicate name is an error)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no `name`")
+    if cls.name in METHODS:
+        raise ValueError(f"method name {cls.name!r} already registered by {METHODS[cls.name].__name__}")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def build_method(name: str, **kwargs: Any) -> Method:
+    """Instantiate a registered recipe; an unknown name lists the close ones."""
+    import difflib
+
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, list(METHODS), n=3, cutoff=0.3)
+        raise KeyError(f"unknown method {name!r}; did you mean {close}? Known: {list_methods()}")
+    return METHODS[name](**kwargs)

@@ -1,0 +1,80 @@
+"""Teacher sources: where the teacher's outputs come from.
+
+The Distiller asks a teacher source for a dict of named tensors for a batch and does not care whether a
+live network computed them or a store replayed them.  That one seam is what lets cached distillation
+cost what training the student alone costs.
+
+- :class:`LiveTeacher` runs the frozen teacher in ``eval()`` under ``torch.inference_mode`` and stops
+  after its last tap (partial execution).
+- ``featdistill.cache.CachedTeacher`` reads the same dict from a teacher store by ``(sample_id, view_id)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from featdistill.taps import LOGITS, Taps, TapSpec, as_tap_spec
+
+__all__ = ["TeacherSource", "LiveTeacher", "freeze"]
+
+
+@runtime_checkable
+class TeacherSource(Protocol):
+    """Anything that maps a batch dict to ``{tap name: tensor}``."""
+
+    tap_names: set[str]
+
+    def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put ``model`` in eval mode with gradients off (the teacher is never trained by default)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class LiveTeacher:
+    """Runs a frozen teacher on each batch, only as far as its deepest tap.
+
+    ``channels_last`` and ``autocast`` follow the trainer's settings through :meth:`configure`; the
+    teacher's outputs are returned in float32 so that losses are computed at full precision.
+    """
+
+    def __init__(self, model: nn.Module, taps: Mapping[str, TapSpec | str | Mapping[str, Any]]) -> None:
+        self.model = freeze(model)
+        self.specs = {name: as_tap_spec(s) for name, s in taps.items()}
+        only_logits = all(s.path == LOGITS for s in self.specs.values())
+        self._taps = Taps(self.model, self.specs, stop_early=not only_logits)
+        self.channels_last = False
+
+    @property
+    def tap_names(self) -> set[str]:
+        return set(self.specs)
+
+    def to(self, *args: Any, **kwargs: Any) -> LiveTeacher:
+        self.model.to(*args, **kwargs)
+        return self
+
+    def configure(self, channels_last: bool = False) -> None:
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["input"]
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.model.eval()
+        with torch.inference_mode():
+            _, feats = self._taps(x)
+        # Clone out of inference mode so the tensors can take part in autograd graphs as constants.
+        return {k: v.float().clone() for k, v in feats.items()}
+
+    def close(self) -> None:
+        self._taps.close()
