@@ -129,3 +129,13 @@ def test_hf_style_model_output_by_key():
     with Taps(M(), {"h": TapSpec("layer", select="last_hidden_state")}) as taps:
         _, feats = taps(torch.zeros(1, 2))
     assert torch.equal(feats["h"], torch.ones(1, 2))
+
+
+def test_direct_calls_outside_taps_are_not_captured():
+    net = Net()
+    with Taps(net, {"a": "layer1"}, stop_early=True) as taps:
+        out = net(torch.randn(2, 4))  # a plain call runs the whole model and records nothing
+        assert out.shape == (2, 3)
+        net(torch.randn(2, 4))
+        _, feats = taps(torch.randn(2, 4))
+    assert feats["a"].shape == (2, 8)

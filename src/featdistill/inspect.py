@@ -85,7 +85,7 @@ def inspect_model(
     rows = describe_modules(model, x, depth)
     totals = {
         "params": count_parameters(model),
-        "macs": count_macs(model, (1, *input_shape)),
+        "macs": count_macs(model, input_shape),
         "stage_paths": getattr(model, "stage_paths", None),
         "embedding_path": getattr(model, "embedding_path", None),
         "classifier_path": getattr(model, "classifier_path", None),

@@ -199,7 +199,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool |
     )
     if ctx.is_main:
         summaries = []
-        shape = (1, *image_shape)
+        shape = image_shape
         if teacher_model is not None:
             t_acc = evaluate_accuracy(teacher_model, test_loader, device)
             summaries.append(summarize_model("teacher", cfg.teacher.model, teacher_model, shape, t_acc))

@@ -122,6 +122,7 @@ class Taps:
         self.specs: dict[str, TapSpec] = {name: as_tap_spec(s) for name, s in taps.items()}
         self.stop_early = stop_early
         self._features: dict[str, torch.Tensor] = {}
+        self._active = False
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._wants_output = any(s.path == LOGITS for s in self.specs.values())
         for name, spec in self.specs.items():
@@ -136,6 +137,8 @@ class Taps:
 
     def _make_hook(self, name: str, spec: TapSpec):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if not self._active:
+                return  # the model is being called directly, not through these taps: stay out of the way
             if name in self._features:
                 # A module called twice per forward (e.g. a shared ReLU) would silently keep only the
                 # last call, the fragility torchdistill documents; refuse instead.
@@ -158,10 +161,13 @@ class Taps:
         """Run the model; return ``(output or None if stopped early, {tap name: tensor})``."""
         self._features = {}
         output = None
+        self._active = True
         try:
             output = self.model(*args, **kwargs)
         except _StopForward:
             pass
+        finally:
+            self._active = False
         for name, spec in self.specs.items():
             if spec.path == LOGITS:
                 self._features[name] = _select(output, spec.select, name or "logits")

@@ -1,6 +1,24 @@
 """Distillation recipes: one file per method, each registered in :data:`METHODS`."""
 
-from featdistill.methods import at, baseline, dist, dkd, fitnet, kd  # noqa: F401  (registration)
+from featdistill.methods import (  # noqa: F401  (registration)
+    at,
+    baseline,
+    cka,
+    collaborative,
+    dist,
+    diswot,
+    dkd,
+    dmae,
+    fitnet,
+    kd,
+    kdoct,
+    lelp,
+    lsskd,
+    mealv2,
+    nd,
+    ofa,
+    pela,
+)
 from featdistill.methods.base import METHODS, Method, build_method, list_methods, register_method
 
 __all__ = ["METHODS", "Method", "build_method", "list_methods", "register_method"]

@@ -1,0 +1,426 @@
+"""``featdistill bench cache``: what the teacher store buys (speed), what it costs (accuracy, bytes).
+
+Three tables, every row tagged with ``table``:
+
+- ``speed`` — wall time per epoch of student-only training, online KD and cached KD, measured **side by
+  side in one run**: the three configurations take turns epoch by epoch (round-robin, order rotated every
+  round, first round discarded as warm-up) and the median is reported, so machine drift hits all three
+  alike.  Ratios ``cached_over_student`` (goal ≤ 1.10; 1.0 is the physical limit) and
+  ``online_over_student``, next to the FLOP model's prediction ``1 + r/3`` (r = teacher/student forward
+  MACs).  Pairs: resnet32x4 → resnet8x4 on synthetic 32×32 images (100 classes) and ConvNet-3 w64 →
+  ConvNet-3 w8 on mnist5k.
+- ``accuracy`` — mnist5k held-out accuracy, mean ± std over seeds, same budget for every configuration:
+  student alone, online KD (a fresh view every epoch), store KD with V = 1 (a fixed teacher) and with
+  V = 8.  The store is built once per V and reused by every seed (its build time is reported once).
+- ``storage`` — bytes per sample-view for top-5, top-10 and full logits at 10 and 100 classes, with a pooled
+  256-d fp16 embedding (resnet32x4's), computed from the same field table the builder writes.
+
+All training uses one minimal loop over the Distiller (SGD, bf16 autocast + channels_last on CPU — the
+project's fast CPU setting — fp32 where bf16 is not supported) so that the only difference between the
+configurations is where the teacher's outputs come from.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from featdistill.bench import markdown_table, register_suite, write_atomic
+from featdistill.cache.builder import _logits_fields, build_store
+from featdistill.cache.info import bytes_per_entry, store_info
+from featdistill.cache.store import TeacherStore
+from featdistill.cache.teacher import CachedTeacher, store_loader
+
+__all__ = ["cache_suite", "storage_rows"]
+
+
+# -- the minimal loop ------------------------------------------------------------------------------------
+def _amp_ok() -> bool:
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.ones(2, 2) @ torch.ones(2, 2)
+        return True
+    except RuntimeError:  # pragma: no cover
+        return False
+
+
+class _Run:
+    """One configuration: a Distiller, its optimiser and its loader, trained one epoch at a time."""
+
+    def __init__(self, name: str, distiller: Any, loader: Any, lr: float, fast: bool) -> None:
+        self.name, self.distiller, self.loader, self.fast = name, distiller, loader, fast
+        self.epoch = 0
+        first = next(iter(loader))
+        distiller.prepare(first, seed=0)
+        if fast:
+            distiller.configure(channels_last=True)
+        self.opt = torch.optim.SGD(
+            distiller.trainable_parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True
+        )
+        self.times: list[float] = []
+
+    def train_epoch(self) -> float:
+        d = self.distiller
+        d.train()
+        self.loader.set_epoch(self.epoch)
+        t0 = time.perf_counter()
+        for batch in self.loader:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.fast):
+                _, losses = d(batch, float(self.epoch))
+            total = sum(losses.values())
+            self.opt.zero_grad(set_to_none=True)
+            total.backward()
+            self.opt.step()
+        dt = time.perf_counter() - t0
+        self.epoch += 1
+        self.times.append(dt)
+        return dt
+
+    @torch.no_grad()
+    def accuracy(self, dataset: Any) -> float:
+        from featdistill.data.loaders import eval_loader
+
+        student = self.distiller.student
+        student.eval()
+        correct = total = 0
+        for batch in eval_loader(dataset, 500):
+            x = batch["input"].contiguous(memory_format=torch.channels_last) if self.fast else batch["input"]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.fast):
+                pred = student(x).argmax(1)
+            correct += int((pred == batch["target"]).sum())
+            total += int(batch["target"].numel())
+        return correct / total
+
+
+def _build(name: str, num_classes: int, in_channels: int, size: int, seed: int, **kw: Any) -> torch.nn.Module:
+    from featdistill.models import build_model
+    from featdistill.seeding import seeded
+
+    with seeded(seed, "bench-model", name):
+        return build_model(name, num_classes=num_classes, in_channels=in_channels, image_size=size, **kw)
+
+
+def _macs(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    from featdistill.models import count_macs
+
+    return int(count_macs(model, shape))
+
+
+# -- speed -----------------------------------------------------------------------------------------------
+def _speed(
+    pair: str,
+    data_desc: str,
+    train: Any,
+    teacher: torch.nn.Module,
+    make_student: Any,
+    rounds: int,
+    batch_size: int,
+    workdir: Path,
+    fast: bool,
+) -> dict[str, Any]:
+    from featdistill.data.loaders import ViewLoader
+    from featdistill.data.views import Augmenter, ViewConfig
+    from featdistill.distiller import Distiller
+    from featdistill.methods import build_method
+
+    aug = Augmenter(ViewConfig(pad_crop=4 if train.images.shape[-1] >= 32 else 2), seed=0)
+    store_dir = workdir / f"store-{pair.replace('→', '-')}"
+    t0 = time.perf_counter()
+    res = build_store(
+        teacher,
+        train,
+        aug,
+        1,
+        store_dir,
+        batch_size=256,
+        autocast=fast,
+        channels_last=fast,
+        model_name=pair.split("→")[0],
+    )
+    build_s = time.perf_counter() - t0
+    store = TeacherStore.open(store_dir, expect={"teacher": teacher, "dataset": train, "augmentation": aug})
+
+    def loader() -> Any:  # identical data pipeline for all three: cycle over the V=1 stored views
+        return ViewLoader(
+            train, batch_size, aug, shuffle=True, seed=0, policy="cycle", num_views=1, drop_last=True
+        )
+
+    runs = [
+        _Run("student", Distiller(make_student(), None), loader(), 0.05, fast),
+        _Run("online", Distiller(make_student(), build_method("kd"), teacher=teacher), loader(), 0.05, fast),
+        _Run(
+            "cached",
+            Distiller(make_student(), build_method("kd"), teacher=CachedTeacher(store)),
+            store_loader(store, train, batch_size, policy="cycle", seed=0, drop_last=True),
+            0.05,
+            fast,
+        ),
+    ]
+    for r in range(rounds + 1):  # round 0 = warm-up (allocator, oneDNN kernel selection), discarded
+        order = runs[r % 3 :] + runs[: r % 3]
+        for run in order:
+            run.train_epoch()
+    med = {run.name: statistics.median(run.times[1:]) for run in runs}
+    shape = tuple(train.images.shape[1:])
+    r_flops = _macs(teacher, shape) / max(1, _macs(runs[0].distiller.student, shape))
+    info = store_info(store_dir)
+    return {
+        "table": "speed",
+        "pair": pair,
+        "data": data_desc,
+        "precision": "bf16 autocast + channels_last" if fast else "fp32",
+        "batch": batch_size,
+        "steps_per_epoch": len(runs[0].loader),
+        "rounds": rounds,
+        "student_s_per_epoch": round(med["student"], 3),
+        "online_s_per_epoch": round(med["online"], 3),
+        "cached_s_per_epoch": round(med["cached"], 3),
+        "online_over_student": round(med["online"] / med["student"], 3),
+        "cached_over_student": round(med["cached"] / med["student"], 3),
+        "flop_model_online_over_student": round(1 + r_flops / 3, 2),
+        "store_build_s": round(build_s, 2),
+        "store_teacher_forwards": res.teacher_forwards,
+        "store_bytes_per_view": info["bytes_per_view"],
+        "all_times_s": {run.name: [round(t, 3) for t in run.times] for run in runs},
+    }
+
+
+# -- accuracy --------------------------------------------------------------------------------------------
+def _accuracy_rows(quick: bool, workdir: Path, fast: bool) -> list[dict[str, Any]]:
+    from featdistill.data import datasets
+    from featdistill.data.loaders import ViewLoader
+    from featdistill.data.views import Augmenter, ViewConfig
+    from featdistill.distiller import Distiller
+    from featdistill.methods import build_method
+
+    train, test = datasets.load_mnist5k()
+    seeds = [0, 1, 2] if quick else [0, 1, 2, 3, 4]
+    epochs = 4 if quick else 10
+    t_epochs = 3 if quick else 6
+    views = 8
+    aug = Augmenter(ViewConfig(pad_crop=2), seed=0)
+    teacher = _build("convnet", 10, 1, 28, 0, width=64, norm="batchnorm")
+    t_run = _Run(
+        "teacher", Distiller(teacher, None), ViewLoader(train, 64, aug, seed=100, policy="fresh"), 0.05, fast
+    )
+    t0 = time.perf_counter()
+    for _ in range(t_epochs):
+        t_run.train_epoch()
+    teacher_acc = t_run.accuracy(test)
+    teacher_s = time.perf_counter() - t0
+    teacher.float().eval()
+
+    stores: dict[int, tuple[TeacherStore, float]] = {}
+    for v in (1, views):
+        d = workdir / f"mnist5k-V{v}"
+        t0 = time.perf_counter()
+        build_store(
+            teacher,
+            train,
+            aug,
+            v,
+            d,
+            batch_size=500,
+            autocast=fast,
+            channels_last=fast,
+            taps={},
+            model_name="convnet-w64-bn",
+        )
+        stores[v] = (
+            TeacherStore.open(d, expect={"teacher": teacher, "dataset": train}),
+            time.perf_counter() - t0,
+        )
+
+    def student(seed: int) -> torch.nn.Module:
+        return _build("convnet", 10, 1, 28, seed, width=8, norm="batchnorm")
+
+    configs = ["student alone", "online KD", "store KD V=1", f"store KD V={views}"]
+    acc: dict[str, list[float]] = {c: [] for c in configs}
+    secs: dict[str, list[float]] = {c: [] for c in configs}
+    for seed in seeds:
+        runs = {
+            "student alone": _Run(
+                "s",
+                Distiller(student(seed), None),
+                ViewLoader(train, 64, aug, seed=seed, policy="fresh"),
+                0.05,
+                fast,
+            ),
+            "online KD": _Run(
+                "o",
+                Distiller(student(seed), build_method("kd"), teacher=copy.deepcopy(teacher)),
+                ViewLoader(train, 64, aug, seed=seed, policy="fresh"),
+                0.05,
+                fast,
+            ),
+        }
+        for v in (1, views):
+            store = stores[v][0]
+            runs[f"store KD V={v}"] = _Run(
+                "c",
+                Distiller(student(seed), build_method("kd"), teacher=CachedTeacher(store)),
+                store_loader(store, train, 64, policy="cycle", seed=seed),
+                0.05,
+                fast,
+            )
+        for _ in range(epochs):  # interleaved epoch by epoch, like the speed table
+            for run in runs.values():
+                run.train_epoch()
+        for name, run in runs.items():
+            acc[name].append(run.accuracy(test))
+            secs[name].append(sum(run.times))
+    rows: list[dict[str, Any]] = []
+    for name in configs:
+        a = acc[name]
+        v = 1 if name.endswith("V=1") else (views if name.startswith("store") else None)
+        rows.append(
+            {
+                "table": "accuracy",
+                "dataset": "mnist5k (4000 train / 1000 held out)",
+                "pair": "convnet w64 (bn) → convnet w8 (bn)",
+                "config": name,
+                "V": v,
+                "epochs": epochs,
+                "seeds": len(seeds),
+                "acc_mean": round(statistics.mean(a), 4),
+                "acc_std": round(statistics.stdev(a), 4) if len(a) > 1 else 0.0,
+                "accs": [round(x, 4) for x in a],
+                "train_s_per_run": round(statistics.mean(secs[name]), 2),
+                "store_build_s": round(stores[v][1], 2) if v else None,
+                "teacher_acc": round(teacher_acc, 4),
+                "teacher_train_s": round(teacher_s, 1),
+            }
+        )
+    online = rows[1]
+    for row in rows[2:]:
+        within = abs(row["acc_mean"] - online["acc_mean"]) <= online["acc_std"]
+        above = row["acc_mean"] > rows[0]["acc_mean"]
+        row["within_1std_of_online"] = within
+        row["above_student_alone"] = above
+    return rows
+
+
+# -- storage ---------------------------------------------------------------------------------------------
+def storage_rows(embedding_dim: int = 256) -> list[dict[str, Any]]:
+    """Bytes per stored (sample, view), from the builder's own field table (fp16 values)."""
+    rows = []
+    emb = 2 * embedding_dim
+    for c in (10, 100):
+        for label, k in (("top-5", 5), ("top-10", 10), ("full", None)):
+            fields = _logits_fields("topk" if k else "full", k, c, "float16")
+            logit_bytes = sum(bytes_per_entry(fields).values())
+            rows.append(
+                {
+                    "table": "storage",
+                    "classes": c,
+                    "logits": label,
+                    "logit_fields": ", ".join(f"{f} {m['dtype']}{m['shape']}" for f, m in fields.items()),
+                    "logit_bytes": logit_bytes,
+                    f"embedding_{embedding_dim}d_fp16_bytes": emb,
+                    "total_bytes_per_view": logit_bytes + emb,
+                    "per_50k_samples_x_V1_MB": round((logit_bytes + emb) * 50_000 / 1e6, 2),
+                }
+            )
+    return rows
+
+
+# -- the suite -------------------------------------------------------------------------------------------
+@register_suite("cache")
+def cache_suite(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
+    """Speed (two pairs), mnist5k accuracy over seeds, storage; also writes ``cache-tables.md``."""
+    from featdistill.data import datasets
+    from featdistill.data.base import ImageDataset
+
+    fast = _amp_ok()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="featdistill-bench-cache-") as tmp:
+        work = Path(tmp)
+        # resnet32x4 → resnet8x4, synthetic 32×32 pixels, 100 classes
+        n = 256 if quick else 2048
+        imgs, labels = datasets.make_synthetic(n, num_classes=100, channels=3, size=32, seed=0)
+        syn = ImageDataset(imgs, labels, [str(i) for i in range(100)], name=f"synthetic32-{n}")
+        t = _build("resnet32x4", 100, 3, 32, 0)
+        rows.append(
+            _speed(
+                "resnet32x4→resnet8x4",
+                f"synthetic 32×32×3, {n} images, 100 classes",
+                syn,
+                t,
+                lambda: _build("resnet8x4", 100, 3, 32, 1),
+                3 if quick else 4,
+                64,
+                work,
+                fast,
+            )
+        )
+        # mnist5k pair (timing with an untrained teacher: the cost does not depend on the weights)
+        train, _ = datasets.load_mnist5k()
+        if quick:
+            train = train.subset(range(1024), name="mnist5k-train-1024")
+        t = _build("convnet", 10, 1, 28, 0, width=64, norm="batchnorm")
+        rows.append(
+            _speed(
+                "convnet-w64→convnet-w8",
+                f"mnist5k 28×28×1, {len(train)} images",
+                train,
+                t,
+                lambda: _build("convnet", 10, 1, 28, 1, width=8, norm="batchnorm"),
+                3,
+                64,
+                work,
+                fast,
+            )
+        )
+        rows += _accuracy_rows(quick, work, fast)
+    rows += storage_rows()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "cache-tables.md", tables_markdown(rows, quick))
+    return rows
+
+
+def tables_markdown(rows: list[dict[str, Any]], quick: bool) -> str:
+    """One markdown table per ``table`` kind (the suite's JSON rows are heterogeneous)."""
+    speed = [
+        {k: v for k, v in r.items() if k not in ("table", "all_times_s")}
+        for r in rows
+        if r["table"] == "speed"
+    ]
+    acc = [
+        {
+            k: r.get(k)
+            for k in (
+                "config",
+                "V",
+                "epochs",
+                "seeds",
+                "acc_mean",
+                "acc_std",
+                "within_1std_of_online",
+                "above_student_alone",
+                "train_s_per_run",
+                "store_build_s",
+            )
+        }
+        for r in rows
+        if r["table"] == "accuracy"
+    ]
+    store = [{k: v for k, v in r.items() if k != "table"} for r in rows if r["table"] == "storage"]
+    head = next((r for r in rows if r["table"] == "accuracy"), {})
+    parts = [
+        f"# Teacher store benchmark ({'quick' if quick else 'full'} setting)\n",
+        "## Wall time per epoch (interleaved, median)\n",
+        markdown_table(speed),
+        "## mnist5k accuracy (held-out 1000), mean ± std over seeds\n",
+        f"Teacher {head.get('pair', '')}: held-out accuracy {head.get('teacher_acc')} "
+        f"(trained {head.get('teacher_train_s')} s).\n",
+        markdown_table(acc),
+        "## Storage per sample-view\n",
+        markdown_table(store),
+    ]
+    return "\n".join(parts)

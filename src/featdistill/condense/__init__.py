@@ -1,0 +1,31 @@
+"""featdistill.condense: dataset distillation (DM, DataDAM, DC, DSA, MTT, FYI) with coreset baselines and an
+honest evaluation protocol. See ``docs/condense.md``."""
+
+from .augment import DSA, DSAParams, default_strategy, flip_pairs
+from .core import CONDENSERS, METHODS, condense, datadam_loss, dc_loss, dm_loss, soft_labels
+from .evaluate import EvalProtocol, evaluate, robust_score
+from .mtt import ExpertBuffer, train_experts
+from .real import RealData, as_real_data
+from .synthetic import SyntheticSet
+
+__all__ = [
+    "CONDENSERS",
+    "DSA",
+    "DSAParams",
+    "EvalProtocol",
+    "ExpertBuffer",
+    "METHODS",
+    "RealData",
+    "SyntheticSet",
+    "as_real_data",
+    "condense",
+    "datadam_loss",
+    "dc_loss",
+    "default_strategy",
+    "dm_loss",
+    "evaluate",
+    "flip_pairs",
+    "robust_score",
+    "soft_labels",
+    "train_experts",
+]

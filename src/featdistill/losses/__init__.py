@@ -1,0 +1,53 @@
+"""featdistill.losses: pure loss functions, one family per file.
+
+* :mod:`~featdistill.losses.logits` — CE, Hinton KD, DKD, DIST, focal loss, soft-target CE;
+* :mod:`~featdistill.losses.features` — FitNets, attention transfer, ND (KD++) and class means;
+* :mod:`~featdistill.losses.relations` — linear CKA;
+* :mod:`~featdistill.losses.schedule` — loss-weight schedules (constant, linear warm-up).
+
+Every loss returns an *unweighted* term (batch-mean unless ``reduction="none"``); weights and warm-ups are
+:class:`Schedule` objects applied by the distiller. Definitions follow the shared ``reference/methods.md``.
+"""
+
+from featdistill.losses.features import at_loss, attention_map, class_means, fitnet_loss, nd_loss
+from featdistill.losses.logits import (
+    cross_entropy,
+    dist_loss,
+    dist_terms,
+    dkd_loss,
+    dkd_terms,
+    focal_loss,
+    inter_class_relation,
+    intra_class_relation,
+    kd_loss,
+    pearson_correlation,
+    soft_target_ce,
+    topk_to_probs,
+)
+from featdistill.losses.relations import cka_loss, linear_cka
+from featdistill.losses.schedule import Schedule, constant, linear_warmup
+
+__all__ = [
+    "Schedule",
+    "at_loss",
+    "attention_map",
+    "cka_loss",
+    "class_means",
+    "constant",
+    "cross_entropy",
+    "dist_loss",
+    "dist_terms",
+    "dkd_loss",
+    "dkd_terms",
+    "fitnet_loss",
+    "focal_loss",
+    "inter_class_relation",
+    "intra_class_relation",
+    "kd_loss",
+    "linear_cka",
+    "linear_warmup",
+    "nd_loss",
+    "pearson_correlation",
+    "soft_target_ce",
+    "topk_to_probs",
+]

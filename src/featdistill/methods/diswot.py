@@ -1,0 +1,241 @@
+"""DisWOT: rank candidate students for a teacher without training them (``featdistill search``)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featdistill.methods.base import Features, Method, register_method
+from featdistill.seeding import generator
+from featdistill.taps import Taps, TapSpec, resolve_module
+
+__all__ = [
+    "DisWOT",
+    "gaussian_init",
+    "relation_gram",
+    "relation_distance",
+    "semantic_gram",
+    "semantic_distance",
+    "diswot_score",
+    "rank_students",
+    "kendall_tau",
+    "spearman_rho",
+]
+
+
+def gaussian_init(model: nn.Module, seed: int = 0) -> nn.Module:
+    """DisWOT's re-initialisation (in place): conv/linear weights ~ N(0, 1), biases 0, BN γ = 1, β = 0.
+
+    Uses an explicit generator derived from ``(seed, module path)``, so two copies of one architecture get
+    identical weights.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            g = generator(seed, "diswot", name)
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g).to(m.weight))
+                if m.bias is not None:
+                    m.bias.zero_()
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+            if getattr(m, "weight", None) is not None:
+                with torch.no_grad():
+                    m.weight.fill_(1.0)
+                    m.bias.zero_()
+    return model
+
+
+def relation_gram(feat: torch.Tensor) -> torch.Tensor:
+    """SP relation: ``G = rownorm_L2(F Fᵀ)`` with ``F`` the ``(B, C·H·W)`` flattened map."""
+    f = feat.flatten(1).double()
+    return F.normalize(f @ f.T, dim=1)
+
+
+def relation_distance(feat_t: torch.Tensor, feat_s: torch.Tensor) -> torch.Tensor:
+    """``M_r = ‖G_T − G_S‖_F² / B²`` (non-negative, symmetric, 0 for equal features)."""
+    b = feat_t.shape[0]
+    return (relation_gram(feat_t) - relation_gram(feat_s)).pow(2).sum() / (b * b)
+
+
+def semantic_gram(grad_w: torch.Tensor, mode: str = "class") -> torch.Tensor:
+    """From the classifier-weight gradient ``∇W (K, C)``.
+
+    ``mode="channel"`` (as coded in DisWOT; needs equal C): per class ``g_k g_kᵀ`` with rows L2-normalised,
+    stacked ``(K, C, C)``.  ``mode="class"`` (heterogeneous widths): the ``K × K`` class Gram
+    ``∇W ∇Wᵀ`` with rows L2-normalised.
+    """
+    g = grad_w.double()
+    if mode == "channel":
+        outer = g[:, :, None] * g[:, None, :]
+        return F.normalize(outer, dim=2)
+    if mode == "class":
+        return F.normalize(g @ g.T, dim=1)
+    raise ValueError(f"semantic_gram: mode must be 'class' or 'channel', got {mode!r}")
+
+
+def semantic_distance(grad_t: torch.Tensor, grad_s: torch.Tensor, mode: str = "class") -> torch.Tensor:
+    """``M_s``: ``Σ_k ‖E_T,k − E_S,k‖_F² / (C·K)`` (channel mode) or ``‖E_T − E_S‖_F² / K²`` (class mode)."""
+    e_t, e_s = semantic_gram(grad_t, mode), semantic_gram(grad_s, mode)
+    if e_t.shape != e_s.shape:
+        raise ValueError(
+            f"diswot: semantic grams differ in shape {tuple(e_t.shape)} vs {tuple(e_s.shape)}; "
+            "mode='channel' needs equal classifier widths, use mode='class'"
+        )
+    k = grad_t.shape[0]
+    denom = grad_t.shape[1] * k if mode == "channel" else k * k
+    return (e_t - e_s).pow(2).sum() / denom
+
+
+def _probe(model: nn.Module, batch: Mapping[str, torch.Tensor], feature_path: str, classifier_path: str):
+    """Pre-GAP map and classifier-weight gradient of CE(labels) on one batch (train-mode BN, as at init)."""
+    model.train()
+    fc = resolve_module(model, classifier_path)
+    model.zero_grad(set_to_none=True)
+    dev = next(model.parameters()).device
+    with Taps(model, {"feat": TapSpec(feature_path)}) as taps:
+        logits, feats = taps(batch["input"].to(dev))
+    F.cross_entropy(logits, batch["target"].to(dev)).backward()
+    grad = fc.weight.grad.detach().clone()
+    model.zero_grad(set_to_none=True)
+    return feats["feat"].detach(), grad
+
+
+def _feature_path(model: nn.Module) -> str:
+    stages = getattr(model, "stage_paths", None)
+    if not stages:
+        raise ValueError(f"{type(model).__name__} has no stage_paths; pass feature paths explicitly")
+    return stages[-1]
+
+
+def diswot_score(
+    teacher: nn.Module,
+    student: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    seed: int = 0,
+    semantic: str = "class",
+    teacher_path: str | None = None,
+    student_path: str | None = None,
+) -> dict[str, float]:
+    """DisWOT score of one (teacher, candidate) pair: ``−(M_r + M_s)`` (higher is better; 0 is the maximum).
+
+    Both networks are *copied* and re-initialised (:func:`gaussian_init`); inputs: one real mini-batch.
+    ``M_r`` compares the batch relation of the pre-GAP maps (last stage), ``M_s`` the class structure of the
+    classifier-weight gradients.  Returns ``{"score", "relation", "semantic"}``.
+    """
+    t = gaussian_init(copy.deepcopy(teacher), seed)
+    s = gaussian_init(copy.deepcopy(student), seed)
+    ft, gt = _probe(t, batch, teacher_path or _feature_path(t), t.classifier_path)
+    fs, gs = _probe(s, batch, student_path or _feature_path(s), s.classifier_path)
+    mr = float(relation_distance(ft, fs))
+    ms = float(semantic_distance(gt, gs, semantic))
+    return {"score": -(mr + ms), "relation": mr, "semantic": ms}
+
+
+def rank_students(
+    teacher: nn.Module,
+    candidates: Mapping[str, nn.Module] | Sequence[tuple[str, nn.Module]],
+    batch: Mapping[str, torch.Tensor],
+    seed: int = 0,
+    semantic: str = "class",
+) -> list[dict[str, Any]]:
+    """Score every candidate and return them best first: ``[{"name", "score", "relation", "semantic",
+    "params", "rank"}]``.  Training-free: one forward/backward per network on one batch."""
+    items = list(candidates.items()) if isinstance(candidates, Mapping) else list(candidates)
+    rows = []
+    for name, model in items:
+        r = diswot_score(teacher, model, batch, seed=seed, semantic=semantic)
+        rows.append({"name": name, **r, "params": sum(p.numel() for p in model.parameters())})
+    rows.sort(key=lambda r: r["score"], reverse=True)
+    for i, r in enumerate(rows):
+        r["rank"] = i + 1
+    return rows
+
+
+def _ranks(x: Sequence[float]) -> list[float]:
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    ranks = [0.0] * len(x)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    rx, ry = torch.tensor(_ranks(x), dtype=torch.float64), torch.tensor(_ranks(y), dtype=torch.float64)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    den = float(rx.norm() * ry.norm())
+    return float((rx * ry).sum()) / den if den > 0 else 0.0
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall τ-b rank correlation."""
+    n = len(x)
+    conc = disc = tx = ty = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            a = (x[i] > x[j]) - (x[i] < x[j])
+            b = (y[i] > y[j]) - (y[i] < y[j])
+            if a == 0 and b == 0:
+                continue
+            if a == 0:
+                tx += 1
+            elif b == 0:
+                ty += 1
+            elif a == b:
+                conc += 1
+            else:
+                disc += 1
+    den = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
+    return (conc - disc) / den if den > 0 else 0.0
+
+
+@register_method
+class DisWOT(Method):
+    """"DisWOT: Student Architecture Search for Distillation WithOut Training" (Dong et al., CVPR 2023) —
+    "DisWOT as distiller".
+
+    The search itself is :func:`rank_students` (``featdistill search``).  As a training recipe, the same two
+    similarity terms become losses between the trained networks: ``sp`` = ``‖G_T − G_S‖²/B²`` on the last-stage
+    maps (SP relation) plus Hinton KD (T = 4), which is how DisWOT's selected students are trained.
+    """
+
+    name = "diswot"
+    paper = "DisWOT: Student Architecture Search for Distillation WithOut Training (Dong et al., CVPR 2023)"
+    default_weights = {"kd": 0.9, "sp": 3000.0}
+    default_ce_weight = 0.1
+
+    def __init__(self, temperature: float = 4.0, student_path: str | None = None, teacher_path: str | None = None,
+                 weights: Mapping[str, Any] | None = None) -> None:
+        super().__init__(weights)
+        self.temperature, self.student_path, self.teacher_path = temperature, student_path, teacher_path
+
+    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        self.student_path = self.student_path or _feature_path(student)
+        if teacher is not None:
+            self.teacher_path = self.teacher_path or _feature_path(teacher)
+        if not self.teacher_path:
+            raise ValueError("diswot: give teacher_path (the teacher's last-stage map)")
+
+    def student_taps(self) -> dict[str, TapSpec]:
+        return {"feat": TapSpec(self.student_path or "")}
+
+    def teacher_taps(self) -> dict[str, TapSpec]:
+        return {"feat": TapSpec(self.teacher_path or ""), "logits": TapSpec("")}
+
+    def forward(
+        self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
+    ) -> dict[str, torch.Tensor]:
+        from featdistill.losses.logits import kd_loss
+
+        sp = relation_distance(teacher_feats["feat"], student_feats["feat"]).float()
+        return {"kd": kd_loss(student_feats["logits"], teacher_feats["logits"], self.temperature), "sp": sp}
