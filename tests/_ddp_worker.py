@@ -40,7 +40,8 @@ def run(out: Path) -> None:
     x, y = make_data(48)
     xe, ye = make_data(24, seed=1)
     loader = ToyLoader(x, y, GLOBAL_BATCH, seed=3, rank=ctx.rank, world_size=ctx.world_size)
-    eval_loader = ToyLoader(xe, ye, 12, shuffle=False)
+    # sharded like featdistill.data.eval_loader(rank=, world_size=): every rank evaluates its part
+    eval_loader = ToyLoader(xe, ye, 6, shuffle=False, rank=ctx.rank, world_size=ctx.world_size)
     distiller = ToyDistiller(seed=0, dropout=0.0)
     trainer = Trainer(distiller, loader, eval_loader, TrainConfig(**CONFIG), out / "run", dist=ctx)
     trainer.fit()

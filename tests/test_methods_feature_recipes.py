@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from featdistill.distiller import Distiller
@@ -30,7 +29,6 @@ from featdistill.methods.pela import (
     low_rank_copy,
     low_rank_rank,
 )
-
 from test_methods_logit_recipes import TinyNet, make_batch  # noqa: E402
 
 
@@ -233,3 +231,11 @@ def test_diswot_score_properties_and_ranking():
     d = Distiller(TinyNet(4), build_method("diswot"), t)
     _, losses = d(batch)
     assert set(losses) == {"ce", "kd", "sp"}
+
+
+def test_diswot_works_with_a_frozen_teacher():
+    t = TinyNet(8)
+    for p in t.parameters():
+        p.requires_grad_(False)
+    rows = rank_students(t, {"w4": TinyNet(4)}, make_batch(8))
+    assert rows[0]["relation"] >= 0 and not any(p.requires_grad for p in t.parameters())

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from featdistill.taps import Taps, TapPathError, TapSpec, resolve_module
+from featdistill.taps import TapPathError, Taps, TapSpec, resolve_module
 
 
 class Net(nn.Module):
@@ -139,3 +139,21 @@ def test_direct_calls_outside_taps_are_not_captured():
         net(torch.randn(2, 4))
         _, feats = taps(torch.randn(2, 4))
     assert feats["a"].shape == (2, 8)
+
+
+def test_hugging_face_model_built_from_config():
+    """Tap a transformers model (no download: built from a config) by path, selecting from tuple outputs."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    with Taps(model, {"l0": TapSpec("encoder.layer.0", select=0), "emb": "embeddings"}) as taps:
+        out, feats = taps(input_ids=ids, output_hidden_states=True)
+    assert feats["l0"].shape == (2, 7, 16)
+    assert torch.allclose(feats["l0"], out.hidden_states[1], atol=1e-6)
+    assert torch.allclose(feats["emb"], out.hidden_states[0], atol=1e-6)
+    with pytest.raises(TapPathError, match="encoder.layer.1"):
+        Taps(model, {"x": "encoder.layer.7"})

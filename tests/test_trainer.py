@@ -255,6 +255,27 @@ class _ConvDistiller(nn.Module):
         return self.student
 
 
+def test_progress_bar_off_the_terminal_and_tensorboard_hint(tmp_path: Path) -> None:
+    train, ev = _loaders()
+    # progress=True but pytest captures stderr (not a TTY): the bar silently stays off
+    res = Trainer(
+        ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, progress=True), tmp_path / "p"
+    ).fit()
+    assert res.epochs_completed == 1
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install 'featdistill\[tensorboard\]'"):
+            Trainer(
+                ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, tensorboard=True), tmp_path / "t"
+            ).fit()
+    else:
+        Trainer(
+            ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, tensorboard=True), tmp_path / "t"
+        ).fit()
+        assert any((tmp_path / "t" / "tensorboard").iterdir())
+
+
 def test_bf16_channels_last_conv_path_runs(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 1, 6, 6, generator=g), torch.randint(0, 3, (16,), generator=g)

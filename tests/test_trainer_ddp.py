@@ -79,5 +79,19 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
         assert r2["total"] == pytest.approx(r1["total"], abs=1e-5)
         for k in r1["losses"]:
             assert r2["losses"][k] == pytest.approx(r1["losses"][k], abs=1e-5)
+    # eval metrics over a sharded eval loader are combined exactly (same samples, same weights)
+    ev1 = [
+        r
+        for r in map(json.loads, (one / "run" / "metrics.jsonl").read_text().splitlines())
+        if r["type"] == "eval"
+    ]
+    ev2 = [
+        r
+        for r in map(json.loads, (two / "run" / "metrics.jsonl").read_text().splitlines())
+        if r["type"] == "eval"
+    ]
+    assert [r["n"] for r in ev2] == [24.0, 24.0]
+    assert [r["top1"] for r in ev2] == pytest.approx([r["top1"] for r in ev1], abs=1e-9)
+    assert [r["loss"] for r in ev2] == pytest.approx([r["loss"] for r in ev1], abs=1e-5)
     settings = json.loads((two / "run" / "train_settings.json").read_text())
     assert settings["resolved"]["world_size"] == 2

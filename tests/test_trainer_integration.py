@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featdistill.train import Trainer, TrainerCallback, TrainConfig, latest_checkpoint, load_checkpoint
+from featdistill.train import TrainConfig, Trainer, TrainerCallback, latest_checkpoint, load_checkpoint
 from featdistill.train.checkpoint import checkpoint_path, trainable_state_dict
 
 distiller_mod = pytest.importorskip("featdistill.distiller")

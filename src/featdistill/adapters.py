@@ -91,9 +91,7 @@ def _grid_side(n_tokens: int) -> tuple[int, bool]:
         side = math.isqrt(n_tokens - drop)
         if side * side == n_tokens - drop and side > 0:
             return side, bool(drop)
-    raise ShapeMismatchError(
-        f"cannot view {n_tokens} tokens as a square patch grid (with or without one class token)"
-    )
+    raise ShapeMismatchError(f"cannot view {n_tokens} tokens as a square patch grid (with or without one class token)")
 
 
 class TokensToMap(nn.Module):

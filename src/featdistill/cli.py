@@ -21,7 +21,13 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from featdistill.config import ConfigError
     from featdistill.taps import TapPathError
 
-    errs: list[type[BaseException]] = [ConfigError, TapPathError, ShapeMismatchError, FileNotFoundError]
+    errs: list[type[BaseException]] = [
+        ConfigError,
+        TapPathError,
+        ShapeMismatchError,
+        FileNotFoundError,
+        FileExistsError,
+    ]
     for mod, name in [
         ("featdistill.train.config", "TrainConfigError"),
         ("featdistill.train.checkpoint", "CheckpointError"),
@@ -45,7 +51,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"run_dir": args.run_dir})
     res = run_experiment(cfg, resume=args.resume)
     print(f"run directory: {res.run_dir}")
-    print(f"test top-1 (last epoch): {res.test_top1:.4f}   validation (last/best): {res.val_top1} / {res.best_val_top1}")
+    print(
+        f"test top-1 (last epoch): {res.test_top1:.4f}   validation (last/best): {res.val_top1} / {res.best_val_top1}"
+    )
     return 0
 
 

@@ -80,7 +80,9 @@ class DataConfig(_Strict):
     def _known(cls, v: str) -> str:
         if v not in DATASETS:
             close = difflib.get_close_matches(v, DATASETS, n=2)
-            raise ValueError(f"unknown dataset; choose one of {list(DATASETS)}" + (f" (did you mean {close[0]}?)" if close else ""))
+            raise ValueError(
+                f"unknown dataset; choose one of {list(DATASETS)}" + (f" (did you mean {close[0]}?)" if close else "")
+            )
         return v
 
 
@@ -98,7 +100,8 @@ class ModelConfig(_Strict):
         if v not in MODELS:
             close = difflib.get_close_matches(v, list(MODELS), n=3)
             raise ValueError(
-                "unknown model" + (f"; did you mean {', '.join(close)}?" if close else "")
+                "unknown model"
+                + (f"; did you mean {', '.join(close)}?" if close else "")
                 + " (featdistill inspect --list shows the zoo)"
             )
         return v
@@ -129,7 +132,8 @@ class MethodConfig(_Strict):
         if self.name not in METHODS:
             close = difflib.get_close_matches(self.name, list(METHODS), n=3, cutoff=0.3)
             raise ValueError(
-                f"unknown method {self.name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+                f"unknown method {self.name!r}"
+                + (f"; did you mean {', '.join(close)}?" if close else "")
                 + f"; known: {sorted(METHODS)}"
             )
         cls = METHODS[self.name]

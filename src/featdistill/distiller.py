@@ -94,6 +94,11 @@ class Distiller(nn.Module):
         self.method.to(device)
         self.prepared = True
 
+    def fit_data(self, loader: Any, num_classes: int) -> None:
+        """Let the method gather its statistics of the training data (e.g. ND's teacher class means)."""
+        teacher = self.teacher.model if isinstance(self.teacher, LiveTeacher) else self.teacher
+        self.method.fit_data(teacher, loader, num_classes)
+
     def configure(self, channels_last: bool = False) -> None:
         """Switch student, adapters and live teacher to channels_last memory format."""
         self.channels_last = channels_last

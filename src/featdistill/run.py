@@ -102,8 +102,12 @@ def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1, num_vi
         tr_idx, val_idx = stratified_split(train_set.targets, d.val_fraction, seed=cfg.seed)
     else:
         tr_idx, val_idx = torch.arange(len(train_set)), None
-    if d.subset is not None:
-        tr_idx = tr_idx[: d.subset]
+    if d.subset is not None and d.subset < len(tr_idx):
+        # a stratified, seeded subset (the indices are sorted by class in many datasets: never slice them)
+        keep, _ = stratified_split(
+            train_set.targets[tr_idx], 1.0 - d.subset / len(tr_idx), seed=cfg.seed, val_size=len(tr_idx) - d.subset
+        )
+        tr_idx = tr_idx[keep]
     aug = d.augment
     view_cfg = ViewConfig(pad_crop=aug.pad_crop, flip=aug.flip, resized_crop=aug.resized_crop)
     augmenter = Augmenter(view_cfg, seed=cfg.seed)
@@ -133,7 +137,8 @@ def build_teacher(cfg: ExperimentConfig, train_set, augmenter, num_classes: int)
         from featdistill.cache import CachedTeacher, TeacherStore
 
         store = TeacherStore.open(
-            t.store, expect={"dataset_fingerprint": train_set.fingerprint(), "augment_hash": augmenter.config.config_hash()}
+            t.store,
+            expect={"dataset_fingerprint": train_set.fingerprint(), "augment_hash": augmenter.config.config_hash()},
         )
         return CachedTeacher(store), None
     if not t.checkpoint:
@@ -151,9 +156,9 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool |
     from featdistill.methods import build_method
     from featdistill.report import plot_run, summarize_model, write_report
     from featdistill.train import Trainer
-    from featdistill.train.distributed import current_context
+    from featdistill.train.distributed import init_distributed
 
-    ctx = current_context(cfg.train.device)
+    ctx = init_distributed(cfg.train.device)  # joins torchrun's process group when WORLD_SIZE > 1
     run_dir = cfg.resolved_run_dir()
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -179,8 +184,13 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool |
     m = cfg.method
     method = build_method(m.name, **m.params, weights=m.weights or None)
     distiller = Distiller(student, method, teacher, ce_weight=m.ce_weight, label_smoothing=m.label_smoothing)
-    distiller.student_spec = {"model": cfg.student.model, "kwargs": cfg.student.kwargs,
-                              "num_classes": num_classes, "image_shape": list(image_shape)}
+    distiller.fit_data(train_loader, num_classes)
+    distiller.student_spec = {
+        "model": cfg.student.model,
+        "kwargs": cfg.student.kwargs,
+        "num_classes": num_classes,
+        "image_shape": list(image_shape),
+    }
 
     train_cfg = cfg.train if progress is None else cfg.train.model_copy(update={"progress": progress})
     trainer = Trainer(distiller, train_loader, val_loader, train_cfg, run_dir, resume=resume)
@@ -212,12 +222,13 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool |
             summaries,
             extra={
                 "method": cfg.method.name,
-                "validation top-1 (last epoch / best)": f"{out.val_top1} / {out.best_val_top1} (epoch {out.best_epoch})",
+                "validation top-1 (last / best)": f"{out.val_top1} / {out.best_val_top1} (epoch {out.best_epoch})",
                 "training time": f"{out.train_seconds:.1f} s",
                 "throughput": f"{out.images_per_s:.0f} images/s" if out.images_per_s else "–",
             },
             plots=plots,
         )
-        (run_dir / "result.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
-                                                         for k, v in out.__dict__.items()}, indent=2))
+        (run_dir / "result.json").write_text(
+            json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in out.__dict__.items()}, indent=2)
+        )
     return out

@@ -38,7 +38,9 @@ class TapSpec:
 
     ``select`` picks one element when the captured value is a tuple/list (an ``int``) or a dict /
     Hugging Face ``ModelOutput`` (a ``str`` key), e.g. ``TapSpec("encoder.layer.3", select=0)`` for the
-    hidden states of a BERT layer.
+    hidden states of a BERT layer.  ``select`` applies to containers only: a module that already returns a
+    tensor (newer transformers versions do for some layers) is captured as is, so one config works across
+    library versions.
     """
 
     path: str
@@ -83,7 +85,7 @@ def resolve_module(model: nn.Module, path: str) -> nn.Module:
 
 
 def _select(value: Any, select: int | str | None, where: str) -> torch.Tensor:
-    if select is not None:
+    if select is not None and not torch.is_tensor(value):
         try:
             value = value[select]
         except (KeyError, IndexError, TypeError) as err:
@@ -148,11 +150,7 @@ class Taps:
                 )
             value = output if spec.kind == "output" else args
             self._features[name] = _select(value, spec.select, f"{name}={spec.path}")
-            if (
-                self.stop_early
-                and not self._wants_output
-                and len(self._features) == len(self.specs)
-            ):
+            if self.stop_early and not self._wants_output and len(self._features) == len(self.specs):
                 raise _StopForward
 
         return hook

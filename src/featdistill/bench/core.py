@@ -29,7 +29,9 @@ from featdistill.taps import Taps
 __all__ = ["interleaved_medians", "bench_core", "bench_demo"]
 
 
-def interleaved_medians(fns: dict[str, Callable[[], None]], rounds: int, reps: int, warmup: int = 1) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], None]], rounds: int, reps: int, warmup: int = 1
+) -> dict[str, float]:
     """Median seconds per call of each function, measured round-robin so drift hits all of them alike."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -84,15 +86,17 @@ def bench_core(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
         rounds,
         reps,
     )
-    rows.append({
-        "benchmark": "precision",
-        "model": "resnet8x4 train step",
-        "batch": batch,
-        "device": str(device),
-        "fp32_ms": round(1e3 * med["fp32"], 1),
-        "bf16_cl_ms": round(1e3 * med["bf16_cl"], 1),
-        "bf16_cl_over_fp32": round(med["bf16_cl"] / med["fp32"], 3),
-    })
+    rows.append(
+        {
+            "benchmark": "precision",
+            "model": "resnet8x4 train step",
+            "batch": batch,
+            "device": str(device),
+            "fp32_ms": round(1e3 * med["fp32"], 1),
+            "bf16_cl_ms": round(1e3 * med["bf16_cl"], 1),
+            "bf16_cl_over_fp32": round(med["bf16_cl"] / med["fp32"], 3),
+        }
+    )
 
     # 2. partial teacher execution
     with seeded(0, "bench-teacher"):
@@ -122,18 +126,20 @@ def bench_core(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
         with FlopCounterMode(display=False) as fc, torch.no_grad():
             t(torch.zeros(1, 3, 32, 32, device=device))
         macs_partial = fc.get_total_flops() // 2
-    rows.append({
-        "benchmark": "partial_teacher",
-        "model": "resnet32x4 forward, taps at layer2",
-        "batch": batch,
-        "device": str(device),
-        "full_ms": round(1e3 * med["full"], 1),
-        "partial_ms": round(1e3 * med["partial"], 1),
-        "partial_over_full": round(med["partial"] / med["full"], 3),
-        "macs_full_M": round(macs_full / 1e6, 1),
-        "macs_partial_M": round(macs_partial / 1e6, 1),
-        "macs_ratio": round(macs_partial / macs_full, 3),
-    })
+    rows.append(
+        {
+            "benchmark": "partial_teacher",
+            "model": "resnet32x4 forward, taps at layer2",
+            "batch": batch,
+            "device": str(device),
+            "full_ms": round(1e3 * med["full"], 1),
+            "partial_ms": round(1e3 * med["partial"], 1),
+            "partial_over_full": round(med["partial"] / med["full"], 3),
+            "macs_full_M": round(macs_full / 1e6, 1),
+            "macs_partial_M": round(macs_partial / 1e6, 1),
+            "macs_ratio": round(macs_partial / macs_full, 3),
+        }
+    )
     return rows
 
 
@@ -150,15 +156,17 @@ def bench_demo(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
     rows = []
     for step, rs in per_step.items():
         accs = [r["test_top1"] for r in rs]
-        rows.append({
-            "step": step,
-            "method": rs[0]["method"],
-            "model": rs[0]["model"],
-            "seeds": len(rs),
-            "test_top1_mean": round(statistics.mean(accs), 4),
-            "test_top1_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
-            "params": rs[0]["params"],
-            "macs_M": round(rs[0]["macs"] / 1e6, 2),
-            "seconds_mean": round(statistics.mean(r["seconds"] for r in rs), 1),
-        })
+        rows.append(
+            {
+                "step": step,
+                "method": rs[0]["method"],
+                "model": rs[0]["model"],
+                "seeds": len(rs),
+                "test_top1_mean": round(statistics.mean(accs), 4),
+                "test_top1_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+                "params": rs[0]["params"],
+                "macs_M": round(rs[0]["macs"] / 1e6, 2),
+                "seconds_mean": round(statistics.mean(r["seconds"] for r in rs), 1),
+            }
+        )
     return rows

@@ -15,14 +15,15 @@ Three tables, every row tagged with ``table``:
 - ``storage`` — bytes per sample-view for top-5, top-10 and full logits at 10 and 100 classes, with a pooled
   256-d fp16 embedding (resnet32x4's), computed from the same field table the builder writes.
 
-All training uses one minimal loop over the Distiller (SGD, bf16 autocast + channels_last on CPU — the
-project's fast CPU setting — fp32 where bf16 is not supported) so that the only difference between the
+All training uses one minimal CPU loop over the Distiller (SGD; fp32, or bf16 autocast + channels_last with
+``FEATDISTILL_BENCH_BF16=1`` on CPUs with native bf16) so that the only difference between the
 configurations is where the teacher's outputs come from.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import tempfile
 import time
@@ -41,13 +42,13 @@ __all__ = ["cache_suite", "storage_rows"]
 
 
 # -- the minimal loop ------------------------------------------------------------------------------------
-def _amp_ok() -> bool:
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch.ones(2, 2) @ torch.ones(2, 2)
-        return True
-    except RuntimeError:  # pragma: no cover
-        return False
+def _use_bf16() -> bool:
+    """bf16 autocast + channels_last only when asked (``FEATDISTILL_BENCH_BF16=1``).
+
+    On CPUs with AMX/AVX512-BF16 it is ~2.5× faster (efficiency.md §10.1); on CPUs without native bf16
+    (e.g. AVX2-only AMD EPYC) it is emulated and was measured ~20× *slower* than fp32, so fp32 is the default.
+    """
+    return os.environ.get("FEATDISTILL_BENCH_BF16", "0") == "1"
 
 
 class _Run:
@@ -337,12 +338,12 @@ def cache_suite(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
     from featdistill.data import datasets
     from featdistill.data.base import ImageDataset
 
-    fast = _amp_ok()
+    fast = _use_bf16()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="featdistill-bench-cache-") as tmp:
         work = Path(tmp)
         # resnet32x4 → resnet8x4, synthetic 32×32 pixels, 100 classes
-        n = 256 if quick else 2048
+        n = 128 if quick else 2048
         imgs, labels = datasets.make_synthetic(n, num_classes=100, channels=3, size=32, seed=0)
         syn = ImageDataset(imgs, labels, [str(i) for i in range(100)], name=f"synthetic32-{n}")
         t = _build("resnet32x4", 100, 3, 32, 0)

@@ -155,6 +155,9 @@ def header_diff(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[st
         s = str(v)
         return s[:16] + "…" if len(s) > 20 else s
 
+    import json
+
+    wanted = json.loads(json.dumps(wanted, default=str))  # compare as stored (tuples → lists)
     reasons: list[str] = []
     checks: list[tuple[str, Any, Any]] = [
         ("format version", stored.get("format_version"), wanted.get("format_version")),
@@ -173,12 +176,26 @@ def header_diff(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[st
         ("taps", sorted(stored["taps"]), sorted(wanted["taps"])),
         ("covered samples (index sha256)", stored["covered"]["sha256"], wanted["covered"]["sha256"]),
         ("shard size", stored["shard_size"], wanted["shard_size"]),
-        ("fields", stored["fields"], wanted["fields"]),
     ]
     for what, a, b in checks:
         if a != b:
             reasons.append(f"{what}: store has {short(a)}, this build has {short(b)}")
+    if not reasons:  # anything else the shard contents depend on (tap paths, precision, …)
+        skip = {"header_sha256", "complete", "shards", "bytes", "build_seconds"}
+        for key, a, b in _flat_diff(stored, wanted, skip):
+            reasons.append(f"{key}: store has {short(a)}, this build has {short(b)}")
     return reasons
+
+
+def _flat_diff(a: Any, b: Any, skip: set[str], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k in skip and not prefix:
+                continue
+            out += _flat_diff(a.get(k), b.get(k), skip, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [(prefix, a, b)]
 
 
 def _hash_index(index: np.ndarray) -> str:

@@ -66,6 +66,20 @@ def reconstruct_logp(
     return out - torch.logsumexp(out, dim=1, keepdim=True)
 
 
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` from a ``.npy`` header without mapping the file (keeps file descriptors free)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+    except (ValueError, OSError) as err:
+        raise StoreCorruptError(f"shard file {path} has no valid .npy header: {err}") from err
+    if fortran:
+        raise StoreCorruptError(f"shard file {path} is Fortran-ordered; the store writes C order")
+    return tuple(shape), np.dtype(dtype)
+
+
 def _describe(v: Any) -> str:
     s = str(v)
     return s[:16] + "…" if len(s) > 20 else s
@@ -176,9 +190,7 @@ class TeacherStore:
             for field, meta in rec["files"].items():
                 p = self.root / SHARD_DIR / meta["file"]
                 if not p.exists():
-                    raise StoreCorruptError(
-                        f"shard file {p} is missing (shard {shard_stem(s)}); rebuild that shard"
-                    )
+                    raise StoreCorruptError(f"shard file {p} is missing (shard {shard_stem(s)}); rebuild that shard")
                 size = p.stat().st_size
                 if size != meta["bytes"]:
                     raise StoreCorruptError(
@@ -194,12 +206,11 @@ class TeacherStore:
                             f"{_describe(meta['sha256'])}; delete {shard_record_path(self.root, s).name} and "
                             "rerun the build to redo it"
                         )
-                arr = self._open_array(s, field, p)
+                shape, dtype = _npy_header(p)  # header only: mapping waits for the first lookup
                 want = (rec["rows"], self.num_views, *self.fields[field]["shape"])
-                if arr.shape != want or arr.dtype != np.dtype(self.fields[field]["dtype"]):
+                if shape != want or dtype != np.dtype(self.fields[field]["dtype"]):
                     raise StoreCorruptError(
-                        f"shard file {p}: array {arr.dtype}{arr.shape}, manifest says "
-                        f"{self.fields[field]['dtype']}{want}"
+                        f"shard file {p}: array {dtype}{shape}, manifest says {self.fields[field]['dtype']}{want}"
                     )
 
     def verify(self) -> None:
@@ -253,11 +264,7 @@ class TeacherStore:
     def sample_ids(self) -> torch.Tensor:
         """The covered sample ids that are available (all covered ids when the store is complete)."""
         parts = [self.index[r["start"] : r["stop"]] for _, r in sorted(self.records.items())]
-        return (
-            torch.from_numpy(np.concatenate(parts).astype(np.int64))
-            if parts
-            else torch.zeros(0, dtype=torch.long)
-        )
+        return torch.from_numpy(np.concatenate(parts).astype(np.int64)) if parts else torch.zeros(0, dtype=torch.long)
 
     # -- lookup ------------------------------------------------------------------------------
     def _locate(self, sample_ids: Any, view_ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -300,15 +307,12 @@ class TeacherStore:
         s = int(shard[0])
         return {f: self._open_array(s, f)[int(row[0]), int(vid[0])] for f in self.fields}
 
-    def lookup(
-        self, sample_ids: Any, view_ids: Any, fields: Iterable[str] | None = None
-    ) -> dict[str, np.ndarray]:
+    def lookup(self, sample_ids: Any, view_ids: Any, fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Raw stored values for a batch of views (one gather per shard touched), stacked along axis 0."""
         shard, row, vid = self._locate(sample_ids, view_ids)
         names = list(self.fields if fields is None else fields)
         out = {
-            f: np.empty((shard.size, *self.fields[f]["shape"]), dtype=np.dtype(self.fields[f]["dtype"]))
-            for f in names
+            f: np.empty((shard.size, *self.fields[f]["shape"]), dtype=np.dtype(self.fields[f]["dtype"])) for f in names
         }
         for s in np.unique(shard):
             sel = np.nonzero(shard == s)[0]
@@ -337,10 +341,7 @@ class TeacherStore:
                 else ["logits_topk_logp", "logits_topk_idx", "logits_rest_logp"]
             )
         raw = self.lookup(sample_ids, view_ids, fields)
-        t = {
-            f: torch.from_numpy(a).to(device) if device is not None else torch.from_numpy(a)
-            for f, a in raw.items()
-        }
+        t = {f: torch.from_numpy(a).to(device) if device is not None else torch.from_numpy(a) for f, a in raw.items()}
         out: dict[str, torch.Tensor] = {}
         if "logits" in want:
             if self.logits_mode == "full":
@@ -378,9 +379,7 @@ def check_expectations(manifest: Mapping[str, Any], expect: Mapping[str, Any], r
             f"{_describe(wanted)}. {fix}"
         )
 
-    rebuild = (
-        "Rebuild the store for these inputs (`featdistill cache CONFIG.yaml`) or point at the right store."
-    )
+    rebuild = "Rebuild the store for these inputs (`featdistill cache CONFIG.yaml`) or point at the right store."
     if "teacher" in expect:
         got = _expected_teacher_sha(expect["teacher"])
         if got != manifest["teacher"]["sha256"]:
@@ -434,9 +433,7 @@ def check_expectations(manifest: Mapping[str, Any], expect: Mapping[str, Any], r
             )
 
 
-def _collect_records(
-    root: Path, manifest: dict[str, Any], allow_incomplete: bool
-) -> dict[int, dict[str, Any]]:
+def _collect_records(root: Path, manifest: dict[str, Any], allow_incomplete: bool) -> dict[int, dict[str, Any]]:
     from featdistill.cache.builder import _shard_done
 
     if manifest.get("complete"):

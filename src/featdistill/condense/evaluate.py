@@ -71,6 +71,21 @@ class EvalProtocol:
     device: str = "cpu"
 
 
+_NOT_IN_CACHE_KEY = frozenset(
+    {
+        "robust_scores",
+        "baselines",
+        "use_learned_lr",
+        "lr_grid",
+        "val_fraction",
+        "w",
+        "gamma",
+        "full_data_acc",
+        "dsa",
+    }
+)
+
+
 def robust_score(x: float) -> float:
     """DD-Ranking's squashing ``(e^x − e^−1)/(e − e^−1)``: maps [−1, 1] → [0, 1], 0 → 1/(e+1) ≈ 0.269."""
     return (math.exp(x) - math.exp(-1.0)) / (math.e - math.exp(-1.0))
@@ -179,7 +194,10 @@ def evaluate(
     real = as_real_data(train_set) if train_set is not None else None
     memo: dict[Any, Any] = cache if cache is not None else {}
     fingerprint = (
-        json.dumps(asdict(p), sort_keys=True, default=str),
+        # only the fields that change how a baseline network is trained (aug is part of each key)
+        json.dumps(
+            {f: v for f, v in asdict(p).items() if f not in _NOT_IN_CACHE_KEY}, sort_keys=True, default=str
+        ),
         dataset_name,
         int(x_test.shape[0]),
         None if real is None else int(real.images.shape[0]),
@@ -307,7 +325,7 @@ def evaluate(
                     accs.append(test_accuracy(net, x_test, y_test, p.device))
                 return float(np.mean(accs))
 
-            acc_full = cached(("full",), full_data)
+            acc_full = cached(("full", p.dsa), full_data)
         hard_accs = (
             syn_accs if not synthetic.soft else run(synthetic.images, synthetic.hard_labels, p.dsa, lr)
         )

@@ -33,25 +33,35 @@ def make_inputs(
     normalize: bool = True,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """The student input for each ``(sample_id, view_id)``: to float [0, 1] → augment → normalise.
+    """The student input of each ``(sample_id, view_id)``: to float → augment → scale to [0, 1], normalise.
 
     The single code path shared by :class:`ViewLoader` and :func:`render_views`; keeping one path is what
-    makes "re-rendered view == trained-on view" hold bit for bit (on the same device type).
+    makes "re-rendered view == trained-on view" hold bit for bit on the same device type. Across CPU and
+    CUDA, crop/flip views are bit-identical too; resized crops agree to ~1e-6 (``grid_sample`` arithmetic).
     """
     sid = torch.as_tensor(sample_ids, dtype=torch.long).reshape(-1)
     vid = torch.as_tensor(view_ids, dtype=torch.long).reshape(-1)
     x = dataset.images[sid]
     if device is not None:
         x = x.to(device, non_blocking=True)
+    # uint8 stays on the 0-255 scale through augmentation (zero padding is black on either scale; resampling
+    # is linear), then ONE affine map does /255 and normalisation: x * a + b as two IEEE-exact eager ops (no
+    # division: CUDA turns division by a scalar into a reciprocal multiply, which broke CPU/GPU bit-equality)
     x = x.to(torch.float32)
-    if dataset.images.dtype == torch.uint8:
-        x = x / 255.0
     if augmenter is not None and not augmenter.config.is_identity and bool((vid >= 0).any()):
         x = augmenter(x, sid, vid)
+    scale = 255.0 if dataset.images.dtype == torch.uint8 else 1.0
+    mean = torch.tensor(dataset.mean, dtype=torch.float64)
+    std = torch.tensor(dataset.std, dtype=torch.float64)
     if normalize:
-        mean = torch.tensor(dataset.mean, dtype=x.dtype, device=x.device)[None, :, None, None]
-        std = torch.tensor(dataset.std, dtype=x.dtype, device=x.device)[None, :, None, None]
-        x = (x - mean) / std
+        a, b = 1.0 / (scale * std), -mean / std
+    else:
+        a, b = torch.full_like(std, 1.0 / scale), torch.zeros_like(std)
+    a = a.to(device=x.device, dtype=x.dtype)[None, :, None, None]
+    b = b.to(device=x.device, dtype=x.dtype)[None, :, None, None]
+    x = x * a
+    if normalize:
+        x = x + b
     return x
 
 

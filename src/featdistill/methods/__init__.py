@@ -5,6 +5,7 @@ from featdistill.methods import (  # noqa: F401  (registration)
     baseline,
     cka,
     collaborative,
+    compose,
     dist,
     diswot,
     dkd,

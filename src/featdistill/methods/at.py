@@ -15,7 +15,7 @@ from featdistill.taps import TapSpec
 
 @register_method
 class AT(Method):
-    """"Paying More Attention to Attention" (Zagoruyko & Komodakis, ICLR 2017).
+    """ "Paying More Attention to Attention" (Zagoruyko & Komodakis, ICLR 2017).
 
     ``L = CE + w·Σ_stages mean((Q(f_s) − Q(f_t))²)`` with ``Q(f) = normalize(flatten(mean_c |f|^p))``;
     p = 2, weight 1000 (mdistiller).  No adapter: attention maps are channel-free, and spatial sizes are

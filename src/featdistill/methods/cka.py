@@ -139,9 +139,10 @@ def cka_matrix(
     student.eval()
     t_dev, s_dev = model_device(teacher), model_device(student)
     try:
-        with Taps(teacher, {p: TapSpec(p) for p in t_paths}, stop_early=True) as tt, Taps(
-            student, {p: TapSpec(p) for p in s_paths}, stop_early=True
-        ) as st:
+        with (
+            Taps(teacher, {p: TapSpec(p) for p in t_paths}, stop_early=True) as tt,
+            Taps(student, {p: TapSpec(p) for p in s_paths}, stop_early=True) as st,
+        ):
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
@@ -205,3 +206,39 @@ def plot_cka(
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def cka_cli(
+    teacher_name: str,
+    student_name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int = 10,
+    out: str | Path | None = None,
+    batches: int = 4,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> int:
+    """``featdistill inspect TEACHER --cka STUDENT``: print the layer CKA matrix of two zoo models (freshly built,
+    on seeded random inputs of ``input_shape``) and write the heatmap PNG to ``out`` if given.
+
+    For trained models call :func:`cka_matrix` from Python with your own loader.
+    """
+    from featdistill.models import build_model
+    from featdistill.seeding import generator, seeded
+
+    c, h = input_shape[0], input_shape[-1]
+    with seeded(seed, "cka-models"):
+        teacher = build_model(teacher_name, num_classes=num_classes, in_channels=c, image_size=h)
+        student = build_model(student_name, num_classes=num_classes, in_channels=c, image_size=h)
+    g = generator(seed, "cka-inputs")
+    loader = [{"input": torch.randn(batch_size, *input_shape, generator=g)} for _ in range(batches)]
+    t_paths, s_paths = default_cka_paths(teacher), default_cka_paths(student)
+    m = cka_matrix(teacher, student, loader, t_paths, s_paths, max_batches=None)
+    print(f"linear CKA, {teacher_name} (rows) × {student_name} (columns), {batches * batch_size} random inputs")
+    print(format_cka_matrix(m, t_paths, s_paths))
+    if out:
+        path = Path(out)
+        if path.suffix.lower() != ".png":
+            path = path / f"cka_{teacher_name}_{student_name}.png"
+        print(f"heatmap: {plot_cka(m, t_paths, s_paths, path)}")
+    return 0

@@ -14,7 +14,7 @@ from featdistill.taps import TapSpec
 
 @register_method
 class DIST(Method):
-    """"Knowledge Distillation from A Stronger Teacher" (Huang et al., NeurIPS 2022).
+    """ "Knowledge Distillation from A Stronger Teacher" (Huang et al., NeurIPS 2022).
 
     Relations instead of exact probabilities: ``β·(1 − ρ_inter) + γ·(1 − ρ_intra)``.  The official
     classification loss uses T = 1 (the default here).

@@ -128,6 +128,8 @@ def diswot_score(
     """
     t = gaussian_init(copy.deepcopy(teacher), seed)
     s = gaussian_init(copy.deepcopy(student), seed)
+    for p in (*t.parameters(), *s.parameters()):  # a frozen teacher's copy must still give gradients
+        p.requires_grad_(True)
     ft, gt = _probe(t, batch, teacher_path or _feature_path(t), t.classifier_path)
     fs, gs = _probe(s, batch, student_path or _feature_path(s), s.classifier_path)
     mr = float(relation_distance(ft, fs))
@@ -201,7 +203,7 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
 
 @register_method
 class DisWOT(Method):
-    """"DisWOT: Student Architecture Search for Distillation WithOut Training" (Dong et al., CVPR 2023) —
+    """ "DisWOT: Student Architecture Search for Distillation WithOut Training" (Dong et al., CVPR 2023) —
     "DisWOT as distiller".
 
     The search itself is :func:`rank_students` (``featdistill search``).  As a training recipe, the same two
@@ -214,8 +216,13 @@ class DisWOT(Method):
     default_weights = {"kd": 0.9, "sp": 3000.0}
     default_ce_weight = 0.1
 
-    def __init__(self, temperature: float = 4.0, student_path: str | None = None, teacher_path: str | None = None,
-                 weights: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        student_path: str | None = None,
+        teacher_path: str | None = None,
+        weights: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(weights)
         self.temperature, self.student_path, self.teacher_path = temperature, student_path, teacher_path
 
@@ -239,3 +246,58 @@ class DisWOT(Method):
 
         sp = relation_distance(teacher_feats["feat"], student_feats["feat"]).float()
         return {"kd": kd_loss(student_feats["logits"], teacher_feats["logits"], self.temperature), "sp": sp}
+
+
+def run_search_cli(args: Any) -> int:
+    """``featdistill search TEACHER CANDIDATE...``: DisWOT ranking on one real batch of ``--dataset``.
+
+    ``--validate`` (mnist5k only) also distils every candidate with KD for the bench budget and prints Kendall τ /
+    Spearman ρ between the training-free score and the accuracy reached.
+    """
+    from featdistill.data import load_dataset
+    from featdistill.models import build_model
+
+    train, _ = load_dataset(args.dataset)
+    x = train.images[:64].float()
+    if train.images.dtype == torch.uint8:
+        x = x / 255.0
+    mean = torch.tensor(train.mean, dtype=torch.float32)[None, :, None, None]
+    std = torch.tensor(train.std, dtype=torch.float32)[None, :, None, None]
+    batch = {"input": (x - mean) / std, "target": train.targets[:64].long()}
+    c, size = x.shape[1], x.shape[-1]
+    nc = len(train.classes)
+
+    def build(name: str) -> nn.Module:
+        return build_model(name, num_classes=nc, in_channels=c, image_size=size)
+
+    teacher = build(args.teacher)
+    if getattr(args, "teacher_checkpoint", None):
+        from safetensors.torch import load_file
+
+        teacher.load_state_dict(load_file(args.teacher_checkpoint))
+    rows = rank_students(teacher, {n: build(n) for n in args.candidates}, batch)
+    print(f"DisWOT ranking for teacher {args.teacher} (one batch of {len(batch['target'])} {args.dataset} images)")
+    print(f"{'rank':>4}  {'candidate':<16}{'score':>12}{'relation':>12}{'semantic':>12}{'params':>10}")
+    for r in rows:
+        print(
+            f"{r['rank']:>4}  {r['name']:<16}{r['score']:>12.4g}{r['relation']:>12.4g}{r['semantic']:>12.4g}"
+            f"{r['params']:>10}"
+        )
+    if getattr(args, "validate", False):
+        if args.dataset != "mnist5k":
+            print("--validate runs on mnist5k only (the methods bench protocol)")
+            return 2
+        from featdistill.methods.bench import BenchData, train_run, train_teacher
+
+        data = BenchData.make(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        if not getattr(args, "teacher_checkpoint", None):
+            teacher = train_teacher(teacher, data, 6)
+        from featdistill.methods import build_method
+
+        accs = {r["name"]: train_run(build(r["name"]), build_method("kd"), teacher, data, 3, 0)["test"] for r in rows}
+        scores = [r["score"] for r in rows]
+        acc = [accs[r["name"]] for r in rows]
+        for r in rows:
+            print(f"  {r['name']:<16} KD accuracy {accs[r['name']]:.4f}")
+        print(f"Kendall tau {kendall_tau(scores, acc):.3f}, Spearman rho {spearman_rho(scores, acc):.3f}")
+    return 0

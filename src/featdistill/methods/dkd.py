@@ -14,7 +14,7 @@ from featdistill.taps import TapSpec
 
 @register_method
 class DKD(Method):
-    """"Decoupled Knowledge Distillation" (Zhao et al., CVPR 2022).
+    """ "Decoupled Knowledge Distillation" (Zhao et al., CVPR 2022).
 
     ``L = CE + min(epoch/warmup, 1)·(α·TCKD + β·NCKD)``; defaults are mdistiller's CIFAR-100 ones
     (α = 1, β = 8, T = 4, 20 warm-up epochs; β = 2 for resnet56→resnet20, 6 for vgg13/wrn_40_2 pairs).

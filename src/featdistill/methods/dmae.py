@@ -13,10 +13,9 @@ from torch import nn
 from featdistill.methods._util import model_device, unregistered
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.seeding import generator
-from featdistill.taps import Taps, TapSpec
+from featdistill.taps import Taps
 
-__all__ = ["DMAE", "MaskedViT", "random_keep", "patchify", "masked_reconstruction_loss", "feature_l1",
-           "vit_block_macs"]
+__all__ = ["DMAE", "MaskedViT", "random_keep", "patchify", "masked_reconstruction_loss", "feature_l1", "vit_block_macs"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -32,8 +31,16 @@ class MaskedViT(nn.Module):
     are ``(B, 1 + n_visible, D)`` (CLS first).  The zoo's ``vit_tiny`` is expected to honour the same contract.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, patch_size: int = 4,
-                 embed_dim: int = 64, depth: int = 4, num_heads: int = 4) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        patch_size: int = 4,
+        embed_dim: int = 64,
+        depth: int = 4,
+        num_heads: int = 4,
+    ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"MaskedViT: image_size {image_size} is not a multiple of patch_size {patch_size}")
@@ -44,11 +51,20 @@ class MaskedViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.blocks = nn.ModuleList([
-            nn.TransformerEncoderLayer(embed_dim, num_heads, 4 * embed_dim, dropout=0.0, activation="gelu",
-                                       batch_first=True, norm_first=True)
-            for _ in range(depth)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                nn.TransformerEncoderLayer(
+                    embed_dim,
+                    num_heads,
+                    4 * embed_dim,
+                    dropout=0.0,
+                    activation="gelu",
+                    batch_first=True,
+                    norm_first=True,
+                )
+                for _ in range(depth)
+            ]
+        )
         self.norm = nn.LayerNorm(embed_dim)
         self.pool = nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes)
@@ -67,7 +83,11 @@ class MaskedViT(nn.Module):
 
 
 def random_keep(
-    sample_id: torch.Tensor, view_id: torch.Tensor, num_patches: int, mask_ratio: float, seed: int = 0,
+    sample_id: torch.Tensor,
+    view_id: torch.Tensor,
+    num_patches: int,
+    mask_ratio: float,
+    seed: int = 0,
     epoch: int = 0,
 ) -> torch.Tensor:
     """Sorted visible patch indices ``(B, n_keep)``, one random mask per view, from explicit generators derived
@@ -116,8 +136,9 @@ class _Decoder(nn.Module):
         nn.init.trunc_normal_(self.pos, std=0.02)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         heads = 4 if d_dec % 4 == 0 else 1
-        self.block = nn.TransformerEncoderLayer(d_dec, heads, 4 * d_dec, dropout=0.0, activation="gelu",
-                                                batch_first=True, norm_first=True)
+        self.block = nn.TransformerEncoderLayer(
+            d_dec, heads, 4 * d_dec, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.out = nn.Linear(d_dec, patch_dim)
 
     def forward(self, visible: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -130,7 +151,7 @@ class _Decoder(nn.Module):
 
 @register_method
 class DMAE(Method):
-    """"Masked Autoencoders Enable Efficient Knowledge Distillers" (Bai et al., CVPR 2023).
+    """ "Masked Autoencoders Enable Efficient Knowledge Distillers" (Bai et al., CVPR 2023).
 
     One random mask per view (ratio 0.75); **teacher and student see the same visible patches** (same ``keep``).
     The frozen teacher runs under inference mode only up to its tapped block (default: 3/4 of its depth, as
@@ -180,8 +201,10 @@ class DMAE(Method):
         self._check(student, "student")
         self._check(teacher, "teacher")
         if student.num_patches != teacher.num_patches:
-            raise ValueError(f"dmae: student and teacher patch grids differ ({student.num_patches} vs "
-                             f"{teacher.num_patches}); they must see the same patches")
+            raise ValueError(
+                f"dmae: student and teacher patch grids differ ({student.num_patches} vs "
+                f"{teacher.num_patches}); they must see the same patches"
+            )
         self.student_block = self.student_block if self.student_block is not None else (3 * student.depth) // 4 - 1
         self.teacher_block = self.teacher_block if self.teacher_block is not None else (3 * teacher.depth) // 4 - 1
         for p in teacher.parameters():
@@ -192,7 +215,9 @@ class DMAE(Method):
     def setup(self, student_feats: Features, teacher_feats: Features) -> None:
         s, t = self._student(), self._teacher()
         dev = model_device(s)
-        in_ch = s.patch_embed.in_channels if hasattr(s, "patch_embed") else 3
+        pe = getattr(s, "patch_embed", None)
+        conv = pe if isinstance(pe, nn.Conv2d) else getattr(pe, "proj", None)
+        in_ch = conv.in_channels if isinstance(conv, nn.Conv2d) else 3
         self.adapters["proj"] = nn.Linear(s.embed_dim, t.embed_dim).to(dev)
         patch_dim = s.patch_size * s.patch_size * in_ch
         self.adapters["decoder"] = _Decoder(s.embed_dim, s.num_patches, patch_dim, self.decoder_dim).to(dev)

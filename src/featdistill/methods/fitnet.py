@@ -16,7 +16,7 @@ from featdistill.taps import TapSpec
 
 @register_method
 class FitNet(Method):
-    """"FitNets: Hints for Thin Deep Nets" (Romero et al., ICLR 2015).
+    """ "FitNets: Hints for Thin Deep Nets" (Romero et al., ICLR 2015).
 
     ``L = CE + w·MSE(r(f_s), f_t)`` at the middle stage by default (mdistiller's hint layer 2, weight 100,
     one-stage training).  ``r`` is the auto-built adapter (1×1 conv + BN, or the stride/transposed conv

@@ -14,7 +14,7 @@ from featdistill.taps import TapSpec
 
 @register_method
 class KD(Method):
-    """"Distilling the Knowledge in a Neural Network" (Hinton, Vinyals, Dean, 2015).
+    """ "Distilling the Knowledge in a Neural Network" (Hinton, Vinyals, Dean, 2015).
 
     ``L = w_ce·CE + w_kd·T²·KL(p_t^T ‖ p_s^T)``; defaults are the CRD CIFAR-100 protocol (T = 4, 0.1 / 0.9).
     """

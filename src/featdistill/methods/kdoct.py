@@ -16,7 +16,7 @@ __all__ = ["KDOCT", "FocalOnly"]
 
 @register_method
 class KDOCT(Method):
-    """"KD-OCT: Efficient Knowledge Distillation for Clinical-Grade Retinal OCT Classification"
+    """ "KD-OCT: Efficient Knowledge Distillation for Clinical-Grade Retinal OCT Classification"
     (Nourbakhsh et al., 2025).
 
     A large teacher (ConvNeXtV2-Large, trained with focal loss, strong augmentation and SWA) is distilled
@@ -69,8 +69,9 @@ class FocalOnly(Method):
     default_weights = {"focal": 1.0}
     default_ce_weight = 0.0
 
-    def __init__(self, gamma: float = 2.0, alpha: float | list[float] | None = None,
-                 weights: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, gamma: float = 2.0, alpha: float | list[float] | None = None, weights: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(weights)
         self.gamma, self.alpha = gamma, alpha
 

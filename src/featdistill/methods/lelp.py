@@ -89,7 +89,7 @@ class SubclassHead(nn.Module):
 
 @register_method
 class LELP(Method):
-    """"Linear Projections of Teacher Embeddings for Few-Class Distillation" (Loo, Iliopoulos, Hu, Vee;
+    """ "Linear Projections of Teacher Embeddings for Few-Class Distillation" (Loo, Iliopoulos, Hu, Vee;
     arXiv 2409.20449) — reconstructed from a secondary summary.
 
     With few classes the teacher's soft labels carry little information.  LELP splits every class into ``S``
@@ -178,6 +178,12 @@ class LELP(Method):
         z = student_feats["sub"]
         dev = z.device
         proj = None if self.projector is None else self.projector.to(dev)
-        q = subclass_targets(teacher_feats["logits"], teacher_feats["emb"].flatten(1), self.dirs.to(dev),
-                             self.means.to(dev), proj, self.beta)
+        q = subclass_targets(
+            teacher_feats["logits"],
+            teacher_feats["emb"].flatten(1),
+            self.dirs.to(dev),
+            self.means.to(dev),
+            proj,
+            self.beta,
+        )
         return {"lelp": soft_target_ce(z, q.reshape(z.shape[0], -1))}

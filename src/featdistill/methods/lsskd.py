@@ -67,7 +67,7 @@ class AuxHead(nn.Module):
 
 @register_method
 class LSSKD(Method):
-    """"A Layered Self-Supervised Knowledge Distillation Framework for Efficient Multimodal Learning on the Edge"
+    """ "A Layered Self-Supervised Knowledge Distillation Framework for Efficient Multimodal Learning on the Edge"
     (arXiv 2506.07055) — definition reconstructed from a secondary summary (HSAKD/SSKD-style; low confidence).
 
     No teacher.  Every stage of the student gets an auxiliary head predicting the *self-supervised augmented

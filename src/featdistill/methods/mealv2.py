@@ -64,7 +64,7 @@ class LogitDiscriminator(nn.Module):
 
 @register_method
 class MEALV2(Method):
-    """"MEAL V2: Boosting Vanilla ResNet-50 to 80%+ Top-1 Accuracy on ImageNet without Tricks"
+    """ "MEAL V2: Boosting Vanilla ResNet-50 to 80%+ Top-1 Accuracy on ImageNet without Tricks"
     (Shen & Savvides, 2020).
 
     Only soft labels: ``L_KL = −Σ_c q_c log softmax(z_s)_c`` with ``q`` the teachers' averaged probabilities

@@ -47,9 +47,7 @@ def fit_class_means(
     if isinstance(teacher, nn.Module):
         path = embedding_path or getattr(teacher, "embedding_path", None)
         if not path:
-            raise ValueError(
-                f"fit_class_means: {type(teacher).__name__} has no `embedding_path`; pass embedding_path="
-            )
+            raise ValueError(f"fit_class_means: {type(teacher).__name__} has no `embedding_path`; pass embedding_path=")
         feats = collect_features(teacher, loader, {"emb": TapSpec(path)}, max_batches=max_batches)
     else:
         feats = collect_features(teacher, loader, {"emb": "emb"}, max_batches=max_batches)
@@ -98,13 +96,24 @@ class _NDBase(Method):
         if d_s != d_t:
             self.adapters["emb"] = NDProjector(d_s, d_t, self.dropout).to(student_feats["emb"].device)
 
-    def fit_class_means(self, teacher: nn.Module | Any, loader: Iterable[Mapping[str, torch.Tensor]],
-                        num_classes: int | None = None, max_batches: int | None = None) -> torch.Tensor:
+    def fit_class_means(
+        self,
+        teacher: nn.Module | Any,
+        loader: Iterable[Mapping[str, torch.Tensor]],
+        num_classes: int | None = None,
+        max_batches: int | None = None,
+    ) -> torch.Tensor:
         """Compute and store the teacher's class means (see :func:`fit_class_means`); returns them."""
         path = self.teacher_path if isinstance(teacher, nn.Module) else None
         means = fit_class_means(teacher, loader, num_classes, embedding_path=path, max_batches=max_batches)
         self.class_means = means.to(self.class_means.device if self.class_means is not None else "cpu")
         return means
+
+    def fit(
+        self, teacher: nn.Module | Any, loader: Iterable[Mapping[str, torch.Tensor]], num_classes: int | None = None
+    ) -> None:
+        """The uniform pre-training hook (same name as :meth:`LELP.fit`): computes the class means."""
+        self.fit_class_means(teacher, loader, num_classes)
 
     def nd_term(self, student_feats: Features, teacher_feats: Features, target: torch.Tensor) -> torch.Tensor:
         if self.class_means is None:
@@ -121,7 +130,7 @@ class _NDBase(Method):
 
 @register_method
 class ND(_NDBase):
-    """"Improving Knowledge Distillation via Regularizing Feature Norm and Direction" (Wang et al., ECCV 2024)
+    """ "Improving Knowledge Distillation via Regularizing Feature Norm and Direction" (Wang et al., ECCV 2024)
     — KD++.
 
     Adds the ND term to Hinton KD: per sample ``1 − ⟨e_s, c_y/‖c_y‖⟩ / max(‖e_s‖, ‖e_t‖)`` where ``c_y`` is
@@ -158,14 +167,21 @@ class DKDPlusPlus(_NDBase):
     default_weights = {"dkd": {"value": 1.0, "warmup": 20}, "nd": 0.5}
     default_ce_weight = 1.0
 
-    def __init__(self, class_means: torch.Tensor | None = None, alpha: float = 2.0, beta: float = 8.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, class_means: torch.Tensor | None = None, alpha: float = 2.0, beta: float = 8.0, **kwargs: Any
+    ) -> None:
         super().__init__(class_means, **kwargs)
         self.alpha, self.beta = alpha, beta
 
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
-        dkd = dkd_loss(student_feats["logits"], teacher_feats["logits"], batch["target"],
-                       alpha=self.alpha, beta=self.beta, temperature=self.temperature)
+        dkd = dkd_loss(
+            student_feats["logits"],
+            teacher_feats["logits"],
+            batch["target"],
+            alpha=self.alpha,
+            beta=self.beta,
+            temperature=self.temperature,
+        )
         return {"dkd": dkd, "nd": self.nd_term(student_feats, teacher_feats, batch["target"])}

@@ -17,7 +17,9 @@ from featdistill.taps import TapSpec
 __all__ = ["OFA", "ofa_loss", "ofa_target", "SepConv", "PatchMerging", "build_ofa_branch"]
 
 
-def ofa_target(teacher_logits: torch.Tensor, target: torch.Tensor, eps: float, temperature: float = 1.0) -> torch.Tensor:
+def ofa_target(
+    teacher_logits: torch.Tensor, target: torch.Tensor, eps: float, temperature: float = 1.0
+) -> torch.Tensor:
     """``(p_t + m)^ε − m`` with ``m = onehot(y)`` (argmax of a soft label); **not** normalised unless ε = 1."""
     num_classes = teacher_logits.shape[1]
     if target.is_floating_point():
@@ -99,11 +101,14 @@ class _TokenBranch(nn.Module):
         self.cls_proj = nn.Linear(dim, d_final) if (self.has_cls and merges and dim != d_final) else nn.Identity()
         self.in_proj = nn.Linear(d, d_final) if d != d_final else nn.Identity()
         heads = 4 if d_final % 4 == 0 else 1
-        self.blocks = nn.Sequential(*[
-            nn.TransformerEncoderLayer(d_final, heads, 4 * d_final, dropout=0.0, activation="gelu",
-                                       batch_first=True, norm_first=True)
-            for _ in range(n_blocks)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                nn.TransformerEncoderLayer(
+                    d_final, heads, 4 * d_final, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+                )
+                for _ in range(n_blocks)
+            ]
+        )
         self.fc = nn.Linear(d_final, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,7 +169,7 @@ def build_ofa_branch(
 
 @register_method
 class OFA(Method):
-    """"One-for-All: Bridge the Gap Between Heterogeneous Architectures in Knowledge Distillation"
+    """ "One-for-All: Bridge the Gap Between Heterogeneous Architectures in Knowledge Distillation"
     (Hao et al., NeurIPS 2023).
 
     Feature spaces of heterogeneous pairs (CNN ↔ ViT ↔ MLP) disagree, so OFA never matches features: every

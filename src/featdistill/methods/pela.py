@@ -16,8 +16,15 @@ from featdistill.methods._util import unregistered
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.taps import TapSpec, resolve_module
 
-__all__ = ["PELA", "LowRankLinear", "LowRankConv2d", "low_rank_rank", "low_rank_copy", "count_parameters",
-           "inf_norm_penalty"]
+__all__ = [
+    "PELA",
+    "LowRankLinear",
+    "LowRankConv2d",
+    "low_rank_rank",
+    "low_rank_copy",
+    "count_parameters",
+    "inf_norm_penalty",
+]
 
 DEFAULT_SKIP = ("norm", "head", "patch_embed", "downsample")
 
@@ -64,8 +71,9 @@ class LowRankConv2d(nn.Module):
     def __init__(self, layer: nn.Conv2d, rank: int) -> None:
         super().__init__()
         self.rank = rank
-        self.first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding,
-                               layer.dilation, bias=False)
+        self.first = nn.Conv2d(
+            layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=False
+        )
         self.second = nn.Conv2d(rank, layer.out_channels, 1, bias=layer.bias is not None)
         w = layer.weight.reshape(layer.out_channels, -1)
         a, b = _svd_factors(w, rank)
@@ -103,6 +111,9 @@ def low_rank_copy(
     layer with its rank and the parameters before / after.
     """
     student = copy.deepcopy(model)
+    for p in student.parameters():  # the original may be a frozen teacher; the copy is trained
+        p.requires_grad_(True)
+    student.train()
     skip = tuple(skip) + ((model.classifier_path,) if getattr(model, "classifier_path", None) else ())
     layers: list[dict[str, Any]] = []
     for name, module in list(student.named_modules()):
@@ -144,7 +155,7 @@ def inf_norm_penalty(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], eps: fl
 
 @register_method
 class PELA(Method):
-    """"PELA: Learning Parameter-Efficient Models with Low-Rank Approximation" (Guo et al., CVPR 2024).
+    """ "PELA: Learning Parameter-Efficient Models with Low-Rank Approximation" (Guo et al., CVPR 2024).
 
     The student is a **low-rank copy of the teacher** (:func:`low_rank_copy`: every eligible Linear/Conv becomes a
     rank-``r`` pair initialised by truncated SVD, ``r = ⌊m_in·m_out / (ratio·(m_in + m_out))⌋``).  It is then

@@ -532,9 +532,31 @@ class Trainer:
         ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
 
     def _evaluate(self) -> dict[str, float]:
+        """Eval metrics, identical on every rank.
+
+        An eval loader sharded for this job (``eval_loader.world_size == world_size``, e.g.
+        ``featdistill.data.eval_loader(..., rank=r, world_size=n)``) is evaluated by every rank on its shard
+        and the default metrics are combined exactly (sums of correct, CE and counts); any other eval loader
+        is evaluated whole by rank 0 and the result broadcast.
+        """
+        ctx, student = self.dist, self.student
+        sharded = ctx.enabled and getattr(self.eval_loader, "world_size", 1) == ctx.world_size
+        if self.eval_fn is None and sharded:
+            m = evaluate(
+                student,
+                self.eval_loader or [],
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+                channels_last=self.channels_last,
+            )
+            v = torch.tensor(
+                [m["top1"] * m["n"], m["loss"] * m["n"], m["n"]], dtype=torch.float64, device=self.device
+            )
+            all_reduce_sum(v, ctx)
+            n = v[2].item()
+            return {"top1": v[0].item() / n, "loss": v[1].item() / n, "n": n}
         metrics: dict[str, float] | None = None
-        if self.dist.is_main:
-            student = self.student
+        if ctx.is_main:
             if self.eval_fn is None:
                 metrics = evaluate(
                     student,
@@ -548,12 +570,11 @@ class Trainer:
                 student.eval()
                 try:
                     with torch.inference_mode(), _autocast(self.device, self.amp_dtype):
-                        metrics = {
-                            k: float(v) for k, v in self.eval_fn(student, self.eval_loader or []).items()
-                        }
+                        out = self.eval_fn(student, self.eval_loader or [])
+                    metrics = {k: float(v) for k, v in out.items()}
                 finally:
                     student.train(was)
-        return broadcast_object(metrics, self.dist)
+        return broadcast_object(metrics, ctx)
 
     def _update_best(self, metrics: Mapping[str, float]) -> None:
         key = self.config.best_metric
@@ -573,6 +594,12 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train ``config.epochs`` epochs (or the rest of them after resume), then export the student."""
         cfg, ctx = self.config, self.dist
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if not self.resume and (ckpt.list_checkpoints(self.run_dir) or metrics_path.exists()):
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run (metrics.jsonl / checkpoints); pass resume=True to "
+                "continue it or choose a new run directory"
+            )
         steps = self._check_steps()
         self._prepare_model()
         params = list(self.distiller.trainable_parameters())
@@ -586,14 +613,7 @@ class Trainer:
         optimizer = build_optimizer(params, cfg)
         scheduler = build_scheduler(optimizer, cfg, steps)
 
-        metrics_path = self.run_dir / "metrics.jsonl"
         latest = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
-        if not self.resume and (ckpt.list_checkpoints(self.run_dir) or metrics_path.exists()):
-            raise FileExistsError(
-                f"{self.run_dir} already holds a run (metrics.jsonl / checkpoints); pass resume=True to "
-                "continue "
-                "it or choose a new run directory"
-            )
         if latest is not None:
             self._load(latest, optimizer, scheduler)
             log.info("resumed from %s (epoch %d, step %d)", latest, self.epoch, self.global_step)
