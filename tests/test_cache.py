@@ -42,9 +42,7 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1.3e-6, atol: f
     """``torch.testing.assert_close`` without its first-call import of torch.distributed.tensor (~5 s)."""
     assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
     err = (a - b).abs() - (atol + rtol * b.abs())
-    assert bool((err <= 0).all()), (
-        f"max excess {float(err.max()):.3g}; max abs diff {float((a - b).abs().max()):.3g}"
-    )
+    assert bool((err <= 0).all()), f"max excess {float(err.max()):.3g}; max abs diff {float((a - b).abs().max()):.3g}"
 
 
 def make_dataset(n: int = N, seed: int = 0) -> ImageDataset:
@@ -201,9 +199,7 @@ def test_refuses_other_dataset(full_store):
 
 def test_refuses_other_augmentation_and_seed(full_store):
     with pytest.raises(StoreMismatchError, match=r"another augmentation \(config hash\)"):
-        TeacherStore.open(
-            full_store, expect={"augmentation": Augmenter(ViewConfig(pad_crop=4, flip=True), 7)}
-        )
+        TeacherStore.open(full_store, expect={"augmentation": Augmenter(ViewConfig(pad_crop=4, flip=True), 7)})
     with pytest.raises(StoreMismatchError, match="another augmentation seed"):
         TeacherStore.open(full_store, expect={"augmentation": Augmenter(AUG.config, 8)})
 
@@ -279,10 +275,7 @@ def test_incomplete_store_refused_unless_allowed(tmp_path, teacher, data):
 # -- resume and ranks ------------------------------------------------------------------------------------
 def _shard_digests(path: Path) -> list:
     m = json.loads((path / "manifest.json").read_text())
-    return [
-        (r["index"], r["start"], r["stop"], {f: v["sha256"] for f, v in r["files"].items()})
-        for r in m["shards"]
-    ]
+    return [(r["index"], r["start"], r["stop"], {f: v["sha256"] for f, v in r["files"].items()}) for r in m["shards"]]
 
 
 def test_killed_build_resumes_where_it_stopped(tmp_path, teacher, data, full_store):
@@ -362,9 +355,7 @@ def test_two_rank_torchrun_build_equals_one_rank(tmp_path, teacher, data, full_s
     script.write_text(_TORCHRUN_SCRIPT)
     blob = tmp_path / "blob.pt"
     torch.save({"images": data.images, "targets": data.targets, "teacher": teacher.state_dict()}, blob)
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=env.get("GLOO_SOCKET_IFNAME", "lo"))
     cmd = [
         sys.executable,

@@ -44,6 +44,15 @@ def cifar_fixture(tmp_path_factory):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_validates_and_builds_method(path):
+    cfg = load_config(path)
+    m = cfg.method
+    method = build_method(m.name, **m.params, weights=m.weights)
+    assert method.name == m.name and set(m.weights) <= set(method.weights)
+
+
+@pytest.mark.slow  # CIFAR-size teachers on CPU: ~5 min for all 30 (run with -m slow)
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_runs_two_steps(path, cifar_fixture):
     cfg = load_config(path)
     assert cfg.data.name == "cifar100" and cfg.train.epochs == 240 and cfg.train.weight_decay == 5e-4

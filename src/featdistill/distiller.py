@@ -97,7 +97,7 @@ class Distiller(nn.Module):
     def fit_data(self, loader: Any, num_classes: int) -> None:
         """Let the method gather its statistics of the training data (e.g. ND's teacher class means)."""
         teacher = self.teacher.model if isinstance(self.teacher, LiveTeacher) else self.teacher
-        self.method.fit_data(teacher, loader, num_classes)
+        self.method.fit(teacher, loader, num_classes)
 
     def configure(self, channels_last: bool = False) -> None:
         """Switch student, adapters and live teacher to channels_last memory format."""

@@ -148,9 +148,7 @@ def _speed(
     store = TeacherStore.open(store_dir, expect={"teacher": teacher, "dataset": train, "augmentation": aug})
 
     def loader() -> Any:  # identical data pipeline for all three: cycle over the V=1 stored views
-        return ViewLoader(
-            train, batch_size, aug, shuffle=True, seed=0, policy="cycle", num_views=1, drop_last=True
-        )
+        return ViewLoader(train, batch_size, aug, shuffle=True, seed=0, policy="cycle", num_views=1, drop_last=True)
 
     runs = [
         _Run("student", Distiller(make_student(), None), loader(), 0.05, fast),
@@ -207,9 +205,7 @@ def _accuracy_rows(quick: bool, workdir: Path, fast: bool) -> list[dict[str, Any
     views = 8
     aug = Augmenter(ViewConfig(pad_crop=2), seed=0)
     teacher = _build("convnet", 10, 1, 28, 0, width=64, norm="batchnorm")
-    t_run = _Run(
-        "teacher", Distiller(teacher, None), ViewLoader(train, 64, aug, seed=100, policy="fresh"), 0.05, fast
-    )
+    t_run = _Run("teacher", Distiller(teacher, None), ViewLoader(train, 64, aug, seed=100, policy="fresh"), 0.05, fast)
     t0 = time.perf_counter()
     for _ in range(t_epochs):
         t_run.train_epoch()
@@ -387,11 +383,7 @@ def cache_suite(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
 
 def tables_markdown(rows: list[dict[str, Any]], quick: bool) -> str:
     """One markdown table per ``table`` kind (the suite's JSON rows are heterogeneous)."""
-    speed = [
-        {k: v for k, v in r.items() if k not in ("table", "all_times_s")}
-        for r in rows
-        if r["table"] == "speed"
-    ]
+    speed = [{k: v for k, v in r.items() if k not in ("table", "all_times_s")} for r in rows if r["table"] == "speed"]
     acc = [
         {
             k: r.get(k)

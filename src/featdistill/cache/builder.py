@@ -497,8 +497,7 @@ def build_store(
         sids_all = torch.as_tensor(index[start:stop]).repeat_interleave(num_views)
         vids_all = torch.arange(num_views, dtype=torch.long).repeat(rows)
         arrays = {
-            f: np.empty((rows, num_views, *meta["shape"]), dtype=np.dtype(meta["dtype"]))
-            for f, meta in fields.items()
+            f: np.empty((rows, num_views, *meta["shape"]), dtype=np.dtype(meta["dtype"])) for f, meta in fields.items()
         }
         flat = {f: a.reshape(rows * num_views, *a.shape[2:]) for f, a in arrays.items()}
         for b0 in range(0, rows * num_views, batch_size):
@@ -553,9 +552,7 @@ def build_store(
     return BuildResult(root, complete, built, skipped, forwards, round(time.perf_counter() - t_start, 3))
 
 
-def _params_numpy(
-    augmenter: Any, sids: torch.Tensor, vids: torch.Tensor, dataset: Any
-) -> dict[str, np.ndarray]:
+def _params_numpy(augmenter: Any, sids: torch.Tensor, vids: torch.Tensor, dataset: Any) -> dict[str, np.ndarray]:
     """The augmenter's sampled parameters (crop offsets, flip, resized-crop box) as int16, batch-first.
 
     Audit only: views are replayed from ``(seed, sample_id, view_id)``; these let a reader check what a view

@@ -22,10 +22,7 @@ def bytes_per_entry(fields: dict[str, dict[str, Any]]) -> dict[str, int]:
     """Payload bytes of one (sample, view) entry per field (dtype size × elements)."""
     import numpy as np
 
-    return {
-        f: int(np.dtype(m["dtype"]).itemsize * int(np.prod(m["shape"], dtype=np.int64)))
-        for f, m in fields.items()
-    }
+    return {f: int(np.dtype(m["dtype"]).itemsize * int(np.prod(m["shape"], dtype=np.int64))) for f, m in fields.items()}
 
 
 def store_info(path: str | Path) -> dict[str, Any]:
@@ -67,9 +64,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "complete": bool(m.get("complete")),
         "format_version": m["format_version"],
         "teacher": m["teacher"],
-        "dataset": {
-            k: m["dataset"][k] for k in ("name", "fingerprint", "num_samples", "image_shape", "num_classes")
-        },
+        "dataset": {k: m["dataset"][k] for k in ("name", "fingerprint", "num_samples", "image_shape", "num_classes")},
         "augmentation": {
             "config": m["augmentation"]["config"],
             "hash": m["augmentation"]["hash"],
@@ -95,9 +90,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
             "samples": [rows_done, covered],
             "views": [views_done, covered * int(m["num_views"])],
             "fraction": rows_done / covered if covered else 0.0,
-            "dataset_fraction": rows_done / int(m["dataset"]["num_samples"])
-            if m["dataset"]["num_samples"]
-            else 0.0,
+            "dataset_fraction": rows_done / int(m["dataset"]["num_samples"]) if m["dataset"]["num_samples"] else 0.0,
         },
         "build_seconds": m.get("build_seconds"),
     }

@@ -49,9 +49,7 @@ class CachedTeacher:
         self.names = set(store.tap_names if names is None else names)
         unknown = self.names - store.tap_names
         if unknown:
-            raise KeyError(
-                f"the teacher store has no outputs {sorted(unknown)}; it has {sorted(store.tap_names)}"
-            )
+            raise KeyError(f"the teacher store has no outputs {sorted(unknown)}; it has {sorted(store.tap_names)}")
         #: lookups served (views); for the accounting in run summaries
         self.views_served = 0
 

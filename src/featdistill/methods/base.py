@@ -60,7 +60,7 @@ class Method(nn.Module):
     def setup(self, student_feats: Features, teacher_feats: Features) -> None:
         """Build adapters from probe shapes.  Called once, before the optimiser is created."""
 
-    def fit_data(self, teacher: Any, loader: Any, num_classes: int) -> None:
+    def fit(self, teacher: Any, loader: Any, num_classes: int | None = None) -> None:
         """One pass over the training data before training, for recipes that need statistics of it
         (ND/KD++: the teacher's class means).  ``teacher`` is the live ``nn.Module`` or the teacher source.
         Most recipes need nothing."""

@@ -50,6 +50,10 @@ class Compose(Method):
         for p in self.parts:
             p.bind(student, teacher)
 
+    def fit(self, teacher: Any, loader: Any, num_classes: int | None = None) -> None:
+        for p in self.parts:
+            p.fit(teacher, loader, num_classes)
+
     @staticmethod
     def _key(part: Method, tap: str) -> str:
         return tap if tap == "logits" else f"{part.name}.{tap}"
