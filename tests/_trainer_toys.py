@@ -68,18 +68,14 @@ class ToyDistiller(nn.Module):
         self.teacher.eval()  # the teacher stays in eval mode, as the real Distiller keeps it
         return self
 
-    def forward(
-        self, batch: dict[str, torch.Tensor], epoch: float = 0.0
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
+    def forward(self, batch: dict[str, torch.Tensor], epoch: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
         x, y = batch["input"], batch["target"]
         with torch.no_grad():
             t_feat, t_logits = self.teacher(x)
         s_feat = self.student.features(x)
         logits = self.student.fc(s_feat)
         w_kd = min(1.0, epoch / self.kd_warmup) if self.kd_warmup > 0 else 1.0
-        kd = F.kl_div(
-            F.log_softmax(logits.float() / 2, 1), F.softmax(t_logits.float() / 2, 1), reduction="batchmean"
-        )
+        kd = F.kl_div(F.log_softmax(logits.float() / 2, 1), F.softmax(t_logits.float() / 2, 1), reduction="batchmean")
         return logits, {
             "ce": F.cross_entropy(logits.float(), y),
             "kd": w_kd * 4.0 * kd,
@@ -138,9 +134,7 @@ class ToyLoader:
             order = torch.arange(n)
         per = self.batch_size // self.world_size
         for k in range(len(self)):
-            idx = order[k * self.batch_size : (k + 1) * self.batch_size][
-                self.rank * per : (self.rank + 1) * per
-            ]
+            idx = order[k * self.batch_size : (k + 1) * self.batch_size][self.rank * per : (self.rank + 1) * per]
             yield {
                 "input": self.x[idx],
                 "target": self.y[idx],

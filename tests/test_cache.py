@@ -454,3 +454,38 @@ def test_resume_refuses_any_other_setting(tmp_path, teacher, data):
         build_store(teacher, data, AUG, 1, tmp_path, taps={"feat": "layer3"}, logits=False)
     res = build_store(teacher, data, AUG, 1, tmp_path, taps={"feat": "layer3"}, logits=False, resume=False)
     assert res.complete and TeacherStore.open(tmp_path).manifest["taps"]["feat"]["path"] == "layer3"
+
+
+def test_build_store_from_config_and_cli_info(tmp_path, capsys):
+    import yaml
+    from safetensors.torch import save_file
+
+    from featdistill.cache import build_store_from_config
+    from featdistill.data import load_dataset
+
+    train, _ = load_dataset("digits")
+    with seeded(0, "cfg-teacher"):
+        t = build_model("convnet", num_classes=10, in_channels=1, image_size=8, width=8, depth=2)
+    save_file(t.state_dict(), str(tmp_path / "teacher.safetensors"))
+    cfg = {
+        "seed": 3,
+        "data": {"name": "digits", "subset": 40, "augment": {"pad_crop": 1}, "views": "cycle"},
+        "teacher": {
+            "model": "convnet",
+            "kwargs": {"width": 8, "depth": 2},
+            "checkpoint": str(tmp_path / "teacher.safetensors"),
+            "source": "store",
+            "store": str(tmp_path / "store"),
+        },
+        "cache": {"num_views": 2, "topk": 3, "batch_size": 64},
+    }
+    (tmp_path / "cache.yaml").write_text(yaml.safe_dump(cfg))
+    out = build_store_from_config(tmp_path / "cache.yaml", overrides=["cache.num_views=3"])
+    aug = Augmenter(ViewConfig(pad_crop=1), seed=3)
+    store = TeacherStore.open(out, expect={"dataset_fingerprint": train.fingerprint(), "augment_hash": aug.config})
+    assert store.num_views == 3 and store.topk == 3 and len(store.sample_ids()) == 40
+    assert TeacherStore.peek_num_views(out) == 3 and store.seed == 3
+    from featdistill.cli import main
+
+    assert main(["cache", "info", str(out)]) == 0
+    assert "40/40 samples, 120/120 views" in capsys.readouterr().out

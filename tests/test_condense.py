@@ -355,9 +355,7 @@ def test_synthetic_roundtrip_and_png(tmp_path) -> None:
         (torch.arange(K).repeat_interleave(IPC), None),
         (torch.softmax(torch.randn(6, K), 1), 0.02),
     ]:
-        s = SyntheticSet(
-            images, labels, lr, (0.3,), (0.4,), {"method": "dm", "ipc": IPC, "nested": {"a": [1, 2]}}
-        )
+        s = SyntheticSet(images, labels, lr, (0.3,), (0.4,), {"method": "dm", "ipc": IPC, "nested": {"a": [1, 2]}})
         path = s.save(tmp_path / "syn.safetensors")
         t = SyntheticSet.load(path)
         assert torch.equal(t.images, s.images) and torch.equal(t.labels, s.labels)

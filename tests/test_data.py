@@ -141,9 +141,7 @@ def test_cifar100_python_version(tmp_path: Path) -> None:
     write_cifar100_python(tmp_path / "cifar-100-python", x[:1], [9], [8], split="test")
     tr, te = load_cifar100(tmp_path)
     trc, tec = load_cifar100(tmp_path, label="coarse")
-    assert (
-        torch.equal(tr.images, x) and tr.targets.tolist() == [1, 2, 3] and trc.targets.tolist() == [4, 5, 6]
-    )
+    assert torch.equal(tr.images, x) and tr.targets.tolist() == [1, 2, 3] and trc.targets.tolist() == [4, 5, 6]
     assert te.targets.tolist() == [9] and tec.targets.tolist() == [8]
 
 
@@ -169,9 +167,7 @@ def test_mnist_idx_round_trip_plain_and_gz_identical(tmp_path: Path) -> None:
     assert header == bytes([0, 0, 8, 3, 0, 0, 0, 6, 0, 0, 0, 28, 0, 0, 0, 28])  # magic 2051, N, 28, 28
     a_tr, a_te = load_mnist_idx(tmp_path / "plain")
     b_tr, b_te = load_mnist_idx(tmp_path / "gz")
-    assert (
-        torch.equal(a_tr.images, x) and torch.equal(a_tr.targets, y) and a_tr.images.shape == (6, 1, 28, 28)
-    )
+    assert torch.equal(a_tr.images, x) and torch.equal(a_tr.targets, y) and a_tr.images.shape == (6, 1, 28, 28)
     assert torch.equal(a_tr.images, b_tr.images) and torch.equal(a_te.images, b_te.images)
     assert torch.equal(a_te.targets, b_te.targets) and a_tr.fingerprint() == b_tr.fingerprint()
 

@@ -409,9 +409,7 @@ def test_nd_parallel_cases() -> None:
     e_s = direction * torch.tensor([[2.0], [5.0], [0.5]], dtype=D64)
     larger_t = _randn(3, 6, seed=71)
     larger_t = larger_t / larger_t.norm(dim=1, keepdim=True) * torch.tensor([[1.0], [4.0], [0.1]], dtype=D64)
-    torch.testing.assert_close(
-        nd_loss(e_s, larger_t, centres, y, reduction="none"), torch.zeros(3, dtype=D64)
-    )
+    torch.testing.assert_close(nd_loss(e_s, larger_t, centres, y, reduction="none"), torch.zeros(3, dtype=D64))
     t_norms = torch.tensor([4.0, 10.0, 2.0], dtype=D64)
     e_t = F.normalize(_randn(3, 6, seed=72), dim=1) * t_norms[:, None]
     expected = 1 - torch.tensor([2.0, 5.0, 0.5], dtype=D64) / t_norms

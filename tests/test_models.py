@@ -77,9 +77,7 @@ def test_convnet3_param_count_mnist() -> None:
 
 def _check_paths_and_shapes(name: str, c: int, s: int, num_classes: int = 7) -> None:
     torch.manual_seed(0)
-    model = build_model(
-        name, num_classes=num_classes, in_channels=c, image_size=s, **SMALL_KWARGS.get(name, {})
-    )
+    model = build_model(name, num_classes=num_classes, in_channels=c, image_size=s, **SMALL_KWARGS.get(name, {}))
     # In-place activations would overwrite tensors that forward hooks have already captured.
     assert not [n for n, m in model.named_modules() if getattr(m, "inplace", False)]
     paths = [*model.stage_paths, model.embedding_path, model.classifier_path]
@@ -122,9 +120,7 @@ def test_vit_mask_all_kept_equals_unmasked_and_drops_tokens() -> None:
     mask[0, [0, 3, 5, 9]] = True
     mask[1, [1, 2, 14, 15]] = True
     seen: list[tuple[int, ...]] = []
-    handle = small.get_submodule("blocks.0").register_forward_hook(
-        lambda _m, _i, o: seen.append(tuple(o.shape))
-    )
+    handle = small.get_submodule("blocks.0").register_forward_hook(lambda _m, _i, o: seen.append(tuple(o.shape)))
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         out = small(x, mask=mask)

@@ -109,9 +109,7 @@ def test_kill_and_resume_gives_bit_identical_weights(tmp_path: Path, overrides: 
     killed_dir = tmp_path / "killed"
     train, ev = _loaders()
     with pytest.raises(_Killed):
-        Trainer(
-            ToyDistiller(seed=0, dropout=0.3), train, ev, cfg, killed_dir, callbacks=[_KillAt(steps + 2)]
-        ).fit()
+        Trainer(ToyDistiller(seed=0, dropout=0.3), train, ev, cfg, killed_dir, callbacks=[_KillAt(steps + 2)]).fit()
     assert latest_checkpoint(killed_dir) == checkpoint_path(killed_dir, 1)
 
     # A differently initialised distiller: every trained weight must come from the checkpoint.
@@ -145,13 +143,9 @@ def test_resume_refuses_changed_trajectory_config(tmp_path: Path) -> None:
     Trainer(ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0), tmp_path).fit()
     train, ev = _loaders()
     with pytest.raises(CheckpointError, match=r"lr: 0\.1 -> 0\.2"):
-        Trainer(
-            ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, lr=0.2), tmp_path, resume=True
-        ).fit()
+        Trainer(ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, lr=0.2), tmp_path, resume=True).fit()
     # logging-only keys may change; a finished run resumes to an immediate, identical result
-    res = Trainer(
-        ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, log_every=1), tmp_path, resume=True
-    ).fit()
+    res = Trainer(ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, log_every=1), tmp_path, resume=True).fit()
     assert res.epochs_completed == 1 and len(res.history) == 1
 
 
@@ -186,9 +180,7 @@ def test_metrics_jsonl_has_terms_throughput_last_and_best(tmp_path: Path) -> Non
         assert r["total"] == pytest.approx(sum(r["losses"].values()), rel=1e-5)
         assert r["images_per_s"] > 0 and r["lr"] > 0
     assert steps[0]["lr"] == pytest.approx(lr_at(1, _cfg(), 5))
-    assert (
-        steps[0]["losses"]["kd"] < epochs[-1]["losses"]["kd"] or epochs[0]["losses"]["kd"] >= 0
-    )  # warm-up w
+    assert steps[0]["losses"]["kd"] < epochs[-1]["losses"]["kd"] or epochs[0]["losses"]["kd"] >= 0  # warm-up w
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     assert [r["top1"] for r in evals] == [0.5, 0.9, 0.7]
     assert evals[-1]["best_top1"] == 0.9 and evals[-1]["best_epoch"] == 2
@@ -214,9 +206,7 @@ def test_default_eval_exports_student_and_skips_teacher(tmp_path: Path) -> None:
     ck = load_checkpoint(latest_checkpoint(tmp_path))
     assert not any(k.startswith("teacher.") for k in ck["model"]), "teacher weights must not be saved"
     assert {k for k in d.state_dict() if k.startswith("teacher.")} == frozen_state_keys(d)
-    assert any(k.startswith("adapter.") for k in ck["model"]) and any(
-        k.startswith("student.") for k in ck["model"]
-    )
+    assert any(k.startswith("adapter.") for k in ck["model"]) and any(k.startswith("student.") for k in ck["model"])
 
     st = load_file(tmp_path / "student.safetensors")
     fresh = ToyStudent()
@@ -258,21 +248,15 @@ class _ConvDistiller(nn.Module):
 def test_progress_bar_off_the_terminal_and_tensorboard_hint(tmp_path: Path) -> None:
     train, ev = _loaders()
     # progress=True but pytest captures stderr (not a TTY): the bar silently stays off
-    res = Trainer(
-        ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, progress=True), tmp_path / "p"
-    ).fit()
+    res = Trainer(ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, progress=True), tmp_path / "p").fit()
     assert res.epochs_completed == 1
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match=r"pip install 'featdistill\[tensorboard\]'"):
-            Trainer(
-                ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, tensorboard=True), tmp_path / "t"
-            ).fit()
+            Trainer(ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, tensorboard=True), tmp_path / "t").fit()
     else:
-        Trainer(
-            ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, tensorboard=True), tmp_path / "t"
-        ).fit()
+        Trainer(ToyDistiller(), train, ev, _cfg(epochs=1, warmup_epochs=0, tensorboard=True), tmp_path / "t").fit()
         assert any((tmp_path / "t" / "tensorboard").iterdir())
 
 
@@ -415,9 +399,7 @@ def test_config_error_names_key_and_value() -> None:
     assert "train.lr = -0.5" in msg and "greater than 0" in msg
     assert "train.optimizer = 'adam'" in msg and "'sgd' or 'adamw'" in msg
 
-    with pytest.raises(
-        TrainConfigError, match=r"train.warmup_epoch = 2: unknown key; did you mean warmup_epochs"
-    ):
+    with pytest.raises(TrainConfigError, match=r"train.warmup_epoch = 2: unknown key; did you mean warmup_epochs"):
         TrainConfig.from_dict({"warmup_epoch": 2})
     with pytest.raises(TrainConfigError, match=r"warmup_epochs=5.0 must be smaller than epochs=5"):
         TrainConfig.from_dict({"epochs": 5, "warmup_epochs": 5})

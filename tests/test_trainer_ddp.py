@@ -34,9 +34,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=env.get("GLOO_SOCKET_IFNAME", "lo"))
     cmd = [
         sys.executable,
@@ -80,16 +78,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
         for k in r1["losses"]:
             assert r2["losses"][k] == pytest.approx(r1["losses"][k], abs=1e-5)
     # eval metrics over a sharded eval loader are combined exactly (same samples, same weights)
-    ev1 = [
-        r
-        for r in map(json.loads, (one / "run" / "metrics.jsonl").read_text().splitlines())
-        if r["type"] == "eval"
-    ]
-    ev2 = [
-        r
-        for r in map(json.loads, (two / "run" / "metrics.jsonl").read_text().splitlines())
-        if r["type"] == "eval"
-    ]
+    ev1 = [r for r in map(json.loads, (one / "run" / "metrics.jsonl").read_text().splitlines()) if r["type"] == "eval"]
+    ev2 = [r for r in map(json.loads, (two / "run" / "metrics.jsonl").read_text().splitlines()) if r["type"] == "eval"]
     assert [r["n"] for r in ev2] == [24.0, 24.0]
     assert [r["top1"] for r in ev2] == pytest.approx([r["top1"] for r in ev1], abs=1e-9)
     assert [r["loss"] for r in ev2] == pytest.approx([r["loss"] for r in ev1], abs=1e-5)

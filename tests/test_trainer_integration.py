@@ -65,9 +65,7 @@ def test_real_distiller_kill_and_resume_bit_identical(tmp_path: Path) -> None:
     )
     d_full, loader, ev = _setup(0)
     full = Trainer(d_full, loader, ev, cfg, tmp_path / "full").fit()
-    assert any(k.startswith("method.adapters") for k in trainable_state_dict(d_full)), (
-        "adapter was not trained"
-    )
+    assert any(k.startswith("method.adapters") for k in trainable_state_dict(d_full)), "adapter was not trained"
 
     d_kill, loader, ev = _setup(0)
     with pytest.raises(_Killed):

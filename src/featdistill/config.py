@@ -161,6 +161,9 @@ class ExperimentConfig(_Strict):
     teacher: TeacherConfig | None = None
     method: MethodConfig = Field(default_factory=lambda: MethodConfig(name="none"))
     train: TrainConfig = Field(default_factory=TrainConfig)
+    cache: dict[str, Any] | None = Field(
+        None, description="teacher-store build settings read by `featdistill cache` (ignored by `train`)"
+    )
 
     @model_validator(mode="after")
     def _teacher_present(self) -> ExperimentConfig:

@@ -6,12 +6,14 @@
   built for another teacher, dataset, augmentation or k, a corrupt shard, or an incomplete build.
 - :class:`CachedTeacher` — the store as a :class:`~featdistill.teacher.TeacherSource` for the Distiller;
   :func:`store_loader` — the loader that yields exactly the stored views.
-- :func:`store_info` / :func:`format_info` — ``featdistill cache info STORE``.
+- :func:`store_info` / :func:`format_info` — ``featdistill cache info STORE``;
+  :func:`build_store_from_config` — ``featdistill cache CONFIG.yaml``.
 
 See ``docs/teacher-store.md``.
 """
 
 from featdistill.cache.builder import BuildResult, build_store, finalize_store
+from featdistill.cache.config import CacheSection, build_store_from_config
 from featdistill.cache.format import (
     FORMAT_VERSION,
     StoreCorruptError,
@@ -27,6 +29,8 @@ from featdistill.cache.teacher import CachedTeacher, store_loader
 __all__ = [
     "FORMAT_VERSION",
     "BuildResult",
+    "CacheSection",
+    "build_store_from_config",
     "CachedTeacher",
     "StoreCorruptError",
     "StoreError",

@@ -185,6 +185,14 @@ class TeacherStore:
             store._check_files(sha256=verify == "sha256")
         return store
 
+    @staticmethod
+    def peek_num_views(path: str | Path) -> int:
+        """``V`` of the store at ``path`` from its manifest alone (to configure a loader before opening)."""
+        mpath = Path(path) / MANIFEST
+        if not mpath.exists():
+            raise StoreError(f"{path} is not a teacher store: no {MANIFEST} (build it with `featdistill cache`)")
+        return int(read_json(mpath)["num_views"])
+
     def _check_files(self, sha256: bool) -> None:
         for s, rec in sorted(self.records.items()):
             for field, meta in rec["files"].items():
@@ -368,6 +376,14 @@ class TeacherStore:
 def check_expectations(manifest: Mapping[str, Any], expect: Mapping[str, Any], root: Path | str = "") -> None:
     """Raise :class:`StoreMismatchError` naming the first input the store was not built for."""
     where = f"teacher store {root}" if root else "teacher store"
+    aliases = {
+        "teacher_sha256": "teacher",
+        "dataset_fingerprint": "dataset",
+        "augment_hash": "augmentation",
+        "augmentation_hash": "augmentation",
+        "k": "topk",
+    }
+    expect = {aliases.get(k, k): v for k, v in expect.items()}
     known = {"teacher", "model_name", "dataset", "augmentation", "seed", "topk", "num_views", "taps"}
     unknown = set(expect) - known
     if unknown:

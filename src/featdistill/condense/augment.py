@@ -80,9 +80,7 @@ class DSA:
         return f"DSA(strategy={self.strategy!r})"
 
     # -------------------------------------------------------------- sampling
-    def sample(
-        self, generator: torch.Generator, n: int = 1, image_size: tuple[int, int] = (32, 32)
-    ) -> DSAParams:
+    def sample(self, generator: torch.Generator, n: int = 1, image_size: tuple[int, int] = (32, 32)) -> DSAParams:
         """Draw one op and its parameters; ``n=1`` gives batch-wide (Siamese) parameters."""
         op = self.ops[int(torch.randint(len(self.ops), (1,), generator=generator))]
         h, w = image_size

@@ -134,9 +134,7 @@ def run_condense_bench(
         torch.set_num_threads(before)
 
 
-def _run(
-    out_dir: str | Path, quick: bool, datasets: list[str] | None, load_dataset: Any
-) -> list[dict[str, Any]]:
+def _run(out_dir: str | Path, quick: bool, datasets: list[str] | None, load_dataset: Any) -> list[dict[str, Any]]:
 
     cfg = _settings(quick)
     out = Path(out_dir)
@@ -171,9 +169,7 @@ def _run(
                 with PeakRSS() as mem_e:
                     if method in ("random", "herding"):
                         # these rows *are* the baselines (random re-drawn per seed): no extra networks
-                        rep = evaluate(
-                            syn, test, replace(proto, robust_scores=False), train_set=train, cache=cache
-                        )
+                        rep = evaluate(syn, test, replace(proto, robust_scores=False), train_set=train, cache=cache)
                     else:
                         rep = evaluate(syn, test, proto, train_set=train, cache=cache)
                 eval_s = time.perf_counter() - t1
@@ -221,9 +217,7 @@ def _run(
 def _write(out: Path, rows: list[dict[str, Any]], quick: bool) -> None:
     """Rewrite the JSON and markdown after every row, so an interrupted run still leaves a table."""
     depths = ", ".join(sorted({"{} {}".format(r["dataset"], r["backbone"]["depth"]) for r in rows}))
-    (out / "condense.json").write_text(
-        json.dumps({"suite": "condense", "quick": quick, "rows": rows}, indent=2)
-    )
+    (out / "condense.json").write_text(json.dumps({"suite": "condense", "quick": quick, "rows": rows}, indent=2))
     lines = [
         "# Dataset distillation (featdistill bench condense)",
         "",

@@ -170,9 +170,7 @@ def run_condense_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> Pa
     if c.evaluate is not None:
         kw = c.evaluate.model_dump()
         kw["backbone"] = kw["backbone"] or c.backbone
-        kw["backbone_kwargs"] = (
-            kw["backbone_kwargs"] if kw["backbone_kwargs"] is not None else c.backbone_kwargs
-        )
+        kw["backbone_kwargs"] = kw["backbone_kwargs"] if kw["backbone_kwargs"] is not None else c.backbone_kwargs
         kw["baselines"] = tuple(kw["baselines"])
         kw["lr_grid"] = tuple(kw["lr_grid"]) if kw["lr_grid"] else None
         report = evaluate(syn, test, EvalProtocol(device=c.device, **kw), train_set=train)

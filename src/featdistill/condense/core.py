@@ -122,9 +122,7 @@ def datadam_loss(
     total = syn_by_class[0].new_zeros(())
     for rf, sf in zip(real_f, syn_f):
         if layers:
-            total = total + 100.0 * attention_distance(
-                [rf[lp] for lp in layers], [sf[lp] for lp in layers], p
-            )
+            total = total + 100.0 * attention_distance([rf[lp] for lp in layers], [sf[lp] for lp in layers], p)
         total = total + 100.0 * lam * F.mse_loss(rf[path].flatten(1).mean(0), sf[path].flatten(1).mean(0))
     return total
 
@@ -236,8 +234,7 @@ class Condenser:
         unknown = set(kwargs) - set(self.defaults)
         if unknown:
             raise TypeError(
-                f"method {self.name!r} got unknown option(s) {sorted(unknown)}; "
-                f"valid: {sorted(self.defaults)}"
+                f"method {self.name!r} got unknown option(s) {sorted(unknown)}; valid: {sorted(self.defaults)}"
             )
         self.ctx = ctx
         self.opts = {**self.defaults, **kwargs}
@@ -250,9 +247,7 @@ class Condenser:
         """One matching loss (with whatever fresh network the method's policy prescribes)."""
         raise NotImplementedError
 
-    def iteration(
-        self, syn: Tensor, opt_img: torch.optim.Optimizer, opt_extra: torch.optim.Optimizer | None
-    ) -> float:
+    def iteration(self, syn: Tensor, opt_img: torch.optim.Optimizer, opt_extra: torch.optim.Optimizer | None) -> float:
         """Loss → gradients of the synthetic tensors only → one optimiser step."""
         tensors = [syn, *self.extra_tensors()]
         loss = self.loss(syn)
@@ -348,9 +343,7 @@ class DCCondenser(Condenser):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
 
-    def iteration(
-        self, syn: Tensor, opt_img: torch.optim.Optimizer, opt_extra: torch.optim.Optimizer | None
-    ) -> float:
+    def iteration(self, syn: Tensor, opt_img: torch.optim.Optimizer, opt_extra: torch.optim.Optimizer | None) -> float:
         """A fresh network; ``outer_loop`` × (match + image step + ``inner_loop`` epochs of training on S)."""
         ctx = self.ctx
         net = ctx.fresh_net(trainable=True)
@@ -436,9 +429,7 @@ class MTTCondenser(Condenser):
                 f"has {n_params}: train the experts with the same backbone"
             )
         if o["expert_epochs"] > self.buffer.epochs:
-            raise ValueError(
-                f"expert_epochs={o['expert_epochs']} exceeds the buffer's {self.buffer.epochs} epochs"
-            )
+            raise ValueError(f"expert_epochs={o['expert_epochs']} exceeds the buffer's {self.buffer.epochs} epochs")
         self.syn_lr = torch.tensor(float(o["lr_teacher"]), device=ctx.device, requires_grad=True)
         for p in ctx.net.parameters():
             p.requires_grad_(False)
@@ -482,9 +473,7 @@ def _register(cls: type[Condenser], **loop_defaults: Any) -> None:
 
 
 # Loop defaults from the reference code (benchmarks.md §5.6); all are overridable keyword arguments.
-_register(
-    DMCondenser, default={"iterations": 20000, "lr_img": 1.0, "batch_real": 256, "init": "real", "dsa": True}
-)
+_register(DMCondenser, default={"iterations": 20000, "lr_img": 1.0, "batch_real": 256, "init": "real", "dsa": True})
 _register(
     DataDAMCondenser,
     default={"iterations": 20000, "lr_img": 1.0, "batch_real": 64, "init": "real", "dsa": True},
@@ -600,9 +589,7 @@ def condense(
     dsa_obj = DSA(strategy) if use_dsa else None
     check_ipc(real, ipc, needs_real=(init != "noise"))
     factory = make_backbone_factory(backbone, real.num_classes, c, max(h, w), backbone_kwargs)
-    ctx = CondenseContext(
-        real, ipc, factory, generator, device, dsa_obj, int(batch_real or loop["batch_real"]), fyi
-    )
+    ctx = CondenseContext(real, ipc, factory, generator, device, dsa_obj, int(batch_real or loop["batch_real"]), fyi)
     iterations = int(loop["iterations"] if iterations is None else iterations)
     lr_img = float(loop["lr_img"] if lr_img is None else lr_img)
 
@@ -634,9 +621,7 @@ def condense(
         extra = {k: v for k, v in condenser.opts.items() if k not in ("experts",)}
         if isinstance(condenser, MTTCondenser):
             extra["experts"] = condenser.buffer.metadata
-            extra["experts_source"] = (
-                str(condenser.opts["experts"]) if condenser.opts["experts"] else "trained"
-            )
+            extra["experts_source"] = str(condenser.opts["experts"]) if condenser.opts["experts"] else "trained"
         for p in ctx.net.parameters():
             p.grad = None
 
@@ -688,9 +673,7 @@ def soft_labels(
     if isinstance(teacher, nn.Module):
         teacher.eval()
     with torch.inference_mode():
-        outs = [
-            teacher(images[i : i + chunk].to(device)).float().cpu() for i in range(0, images.shape[0], chunk)
-        ]
+        outs = [teacher(images[i : i + chunk].to(device)).float().cpu() for i in range(0, images.shape[0], chunk)]
     if was_training:
         teacher.train()
     return torch.softmax(torch.cat(outs) / temperature, dim=1).clone()

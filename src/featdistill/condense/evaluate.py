@@ -122,9 +122,7 @@ def train_on(
     device = torch.device(protocol.device)
     g = torch.Generator().manual_seed(int(seed))
     net = reinit_(factory(), g).to(device).train()
-    opt = torch.optim.SGD(
-        net.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay
-    )
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     x_all, y_all = images.to(device), labels.to(device)
     soft = y_all.dim() == 2
     decay_epoch = int(epochs * protocol.decay_at)
@@ -149,9 +147,7 @@ def train_on(
 
 
 @torch.no_grad()
-def test_accuracy(
-    net: nn.Module, images: Tensor, targets: Tensor, device: str = "cpu", chunk: int = 1000
-) -> float:
+def test_accuracy(net: nn.Module, images: Tensor, targets: Tensor, device: str = "cpu", chunk: int = 1000) -> float:
     """Top-1 accuracy as a fraction, network in eval mode."""
     net.eval()
     correct = 0
@@ -195,9 +191,7 @@ def evaluate(
     memo: dict[Any, Any] = cache if cache is not None else {}
     fingerprint = (
         # only the fields that change how a baseline network is trained (aug is part of each key)
-        json.dumps(
-            {f: v for f, v in asdict(p).items() if f not in _NOT_IN_CACHE_KEY}, sort_keys=True, default=str
-        ),
+        json.dumps({f: v for f, v in asdict(p).items() if f not in _NOT_IN_CACHE_KEY}, sort_keys=True, default=str),
         dataset_name,
         int(x_test.shape[0]),
         None if real is None else int(real.images.shape[0]),
@@ -254,9 +248,7 @@ def evaluate(
                 scores[cand] = test_accuracy(net, xv, yv, p.device)
             lr = max(scores, key=lambda c_: scores[c_])
             lr_source = f"validation grid {scores}"
-            notes.append(
-                "the lr validation split is part of the training data the synthetic set was made from"
-            )
+            notes.append("the lr validation split is part of the training data the synthetic set was made from")
 
     result: dict[str, Any] = {
         "method": synthetic.metadata.get("method"),
@@ -300,9 +292,7 @@ def evaluate(
                 picks = []
                 with torch.no_grad():
                     for idx in real.class_indices:
-                        feats = torch.cat(
-                            [embed(net, x_real[idx[i : i + 512]]) for i in range(0, idx.numel(), 512)]
-                        )
+                        feats = torch.cat([embed(net, x_real[idx[i : i + 512]]) for i in range(0, idx.numel(), 512)])
                         picks.append(idx[herding_order(feats, ipc)])
                 hidx = torch.cat(picks)
                 return _stats(run(x_real[hidx], real.targets[hidx], p.dsa, p.lr))
@@ -326,9 +316,7 @@ def evaluate(
                 return float(np.mean(accs))
 
             acc_full = cached(("full", p.dsa), full_data)
-        hard_accs = (
-            syn_accs if not synthetic.soft else run(synthetic.images, synthetic.hard_labels, p.dsa, lr)
-        )
+        hard_accs = syn_accs if not synthetic.soft else run(synthetic.images, synthetic.hard_labels, p.dsa, lr)
         other = not p.dsa
         syn_other = run(synthetic.images, synthetic.labels, other, lr)
         rnd_other = cached(

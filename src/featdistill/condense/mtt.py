@@ -192,7 +192,5 @@ def mtt_loss(
     dsa: DSA | None = None,
 ) -> Tensor:
     """The normalised trajectory-matching loss for one (expert, start epoch) draw."""
-    end = unrolled_student(
-        net, expert_start.to(syn.device), syn, labels, syn_lr, steps, generator, batch_syn, dsa
-    )
+    end = unrolled_student(net, expert_start.to(syn.device), syn, labels, syn_lr, steps, generator, batch_syn, dsa)
     return trajectory_loss(end, expert_start.to(syn.device), expert_target.to(syn.device))

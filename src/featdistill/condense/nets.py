@@ -73,9 +73,7 @@ def make_backbone_factory(
                 f"backbone {name!r} needs featdistill.models.build_model; pass a module or a factory instead"
             ) from exc
         with torch.random.fork_rng(devices=[]):
-            return build_model(
-                name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs
-            )
+            return build_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
 
     return _build
 
@@ -149,9 +147,7 @@ def capture(model: nn.Module, paths: Sequence[str]) -> Iterator[dict[str, Tensor
         for path in paths:
             if path not in names:
                 valid = [n for n in names if n][:20]
-                raise KeyError(
-                    f"module path {path!r} not in {type(model).__name__}; valid paths include {valid}"
-                )
+                raise KeyError(f"module path {path!r} not in {type(model).__name__}; valid paths include {valid}")
 
             def hook(_m: nn.Module, _i: Any, o: Any, key: str = path) -> None:
                 out[key] = o[0] if isinstance(o, (tuple, list)) else o

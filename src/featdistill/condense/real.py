@@ -40,9 +40,7 @@ class RealData:
     name: str = "tensors"
 
     def __post_init__(self) -> None:
-        self.class_indices: list[Tensor] = [
-            torch.nonzero(self.targets == c).flatten() for c in range(self.num_classes)
-        ]
+        self.class_indices: list[Tensor] = [torch.nonzero(self.targets == c).flatten() for c in range(self.num_classes)]
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -118,8 +116,7 @@ def as_real_data(dataset: Any, num_classes: int | None = None, name: str | None 
         raise ValueError(f"images must be (N, C, H, W); found {images.dim()}-D shape {tuple(images.shape)}")
     if images.shape[1] > 4 and images.shape[-1] in (1, 3, 4):
         raise ValueError(
-            f"images look channels-last {tuple(images.shape)}; expected (N, C, H, W): "
-            "use images.permute(0, 3, 1, 2)"
+            f"images look channels-last {tuple(images.shape)}; expected (N, C, H, W): use images.permute(0, 3, 1, 2)"
         )
     if images.shape[0] != targets.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {targets.shape[0]} targets")
@@ -145,9 +142,7 @@ def as_real_data(dataset: Any, num_classes: int | None = None, name: str | None 
     if num_classes is not None and num_classes != k:
         raise ValueError(f"num_classes={num_classes} but the dataset names {k} classes")
     if int(targets.min()) < 0 or int(targets.max()) >= k:
-        raise ValueError(
-            f"targets must lie in [0, {k}); found range [{int(targets.min())}, {int(targets.max())}]"
-        )
+        raise ValueError(f"targets must lie in [0, {k}); found range [{int(targets.min())}, {int(targets.max())}]")
     class_names = [str(c) for c in classes] if classes is not None else [str(c) for c in range(k)]
     real = RealData(x.contiguous(), targets, k, mean_t, std_t, class_names, str(ds_name))
     empty = [c for c, n in enumerate(real.class_counts()) if n == 0]

@@ -32,9 +32,7 @@ def _as_tuple(values: Any, channels: int) -> tuple[float, ...]:
     if len(out) == 1 and channels > 1:
         out = out * channels
     if len(out) != channels:
-        raise ValueError(
-            f"expected {channels} normalisation values (one per channel), found {len(out)}: {out}"
-        )
+        raise ValueError(f"expected {channels} normalisation values (one per channel), found {len(out)}: {out}")
     return out
 
 

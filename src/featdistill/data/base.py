@@ -89,9 +89,7 @@ class ImageDataset:
             raise TypeError(f"{self.name}: targets must be integer class indices, got {targets.dtype}")
         targets = targets.to(torch.long)
         if targets.numel() != images.shape[0]:
-            raise ValueError(
-                f"{self.name}: {images.shape[0]} images but {targets.numel()} targets; they must match"
-            )
+            raise ValueError(f"{self.name}: {images.shape[0]} images but {targets.numel()} targets; they must match")
         self.classes = [str(c) for c in self.classes]
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= len(self.classes)):
             raise ValueError(
@@ -109,8 +107,7 @@ class ImageDataset:
         c = self.images.shape[1]
         if len(self.mean) != c or len(self.std) != c:
             raise ValueError(
-                f"{self.name}: mean/std need one value per channel ({c}), "
-                f"got {len(self.mean)}/{len(self.std)}"
+                f"{self.name}: mean/std need one value per channel ({c}), got {len(self.mean)}/{len(self.std)}"
             )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"{self.name}: std must be positive, got {self.std}")

@@ -131,9 +131,7 @@ def _read_names(path: Path, default: list[str]) -> list[str]:
         return list(default)
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(names) != len(default):
-        raise DataFormatError(
-            f"{path}: expected {len(default)} class names (one per line), found {len(names)}"
-        )
+        raise DataFormatError(f"{path}: expected {len(default)} class names (one per line), found {len(names)}")
     return names
 
 
@@ -213,9 +211,7 @@ def write_cifar10_bin(
     lab = _as_labels(labels, arr.shape[0], 10, "write_cifar10_bin").reshape(-1, 1)
     if split == "train":
         if arr.shape[0] < 5:
-            raise ValueError(
-                "write_cifar10_bin: the train split needs at least 5 images (one per batch file)"
-            )
+            raise ValueError("write_cifar10_bin: the train split needs at least 5 images (one per batch file)")
         parts = np.array_split(np.arange(arr.shape[0]), 5)
         paths = [d / name for name in _CIFAR10_TRAIN_BIN]
     elif split == "test":
@@ -421,9 +417,7 @@ def _cifar_split_sets(
     for split, (imgs, labs) in (("train", train), ("test", test)):
         targets = labs[:, label_col].astype(np.int64)
         if targets.size and targets.max() >= len(classes):
-            raise DataFormatError(
-                f"{name} {split}: label {int(targets.max())} out of range for {len(classes)} classes"
-            )
+            raise DataFormatError(f"{name} {split}: label {int(targets.max())} out of range for {len(classes)} classes")
         out.append(
             ImageDataset(
                 images=torch.from_numpy(imgs),
@@ -444,16 +438,12 @@ def load_cifar10(root: PathLike) -> tuple[ImageDataset, ImageDataset]:
     archives extract to). The binary version is preferred when both are present.
     """
     r = Path(root)
-    d = _find_dir(
-        r, ["cifar-10-batches-bin", "cifar-10-batches-py"], [[*_CIFAR10_TRAIN_BIN, "test_batch.bin"]]
-    )
+    d = _find_dir(r, ["cifar-10-batches-bin", "cifar-10-batches-py"], [[*_CIFAR10_TRAIN_BIN, "test_batch.bin"]])
     if d is not None:
         train_parts = [_read_cifar_bin(d / f, 1) for f in _CIFAR10_TRAIN_BIN]
         test = _read_cifar_bin(d / "test_batch.bin", 1)
     else:
-        d = _find_dir(
-            r, ["cifar-10-batches-py", "cifar-10-batches-bin"], [[*_CIFAR10_TRAIN_PY, "test_batch"]]
-        )
+        d = _find_dir(r, ["cifar-10-batches-py", "cifar-10-batches-bin"], [[*_CIFAR10_TRAIN_PY, "test_batch"]])
         if d is None:
             bin_dir = r / "cifar-10-batches-bin" if (r / "cifar-10-batches-bin").is_dir() else r
             first_missing = next(
@@ -490,9 +480,7 @@ def load_cifar100(root: PathLike, label: str = "fine") -> tuple[ImageDataset, Im
         d = _find_dir(r, ["cifar-100-python", "cifar-100-binary"], [["train", "test"]])
         if d is None:
             bin_dir = r / "cifar-100-binary" if (r / "cifar-100-binary").is_dir() else r
-            first_missing = next(
-                bin_dir / f for f in ["train.bin", "test.bin"] if not (bin_dir / f).is_file()
-            )
+            first_missing = next(bin_dir / f for f in ["train.bin", "test.bin"] if not (bin_dir / f).is_file())
             raise _missing(
                 first_missing,
                 "CIFAR-100",
@@ -655,9 +643,7 @@ def load_mnist_idx(
         if imgs.dtype != np.uint8 or labs.dtype != np.uint8:
             raise DataFormatError(f"{img_path}/{lab_path}: expected unsigned-byte (0x08) IDX data")
         if imgs.shape[0] != labs.shape[0]:
-            raise DataFormatError(
-                f"{img_path} has {imgs.shape[0]} images but {lab_path} has {labs.shape[0]} labels"
-            )
+            raise DataFormatError(f"{img_path} has {imgs.shape[0]} images but {lab_path} has {labs.shape[0]} labels")
         arrays[split] = (imgs, labs)
     k = max(10, int(max(a[1].max(initial=0) for a in arrays.values())) + 1)
     names = [str(i) for i in range(k)] if classes is None else list(classes)
@@ -696,9 +682,7 @@ def _load_image_file(path: Path, mode: str | None) -> np.ndarray:
             raise DataFormatError(f"{path}: .npy images must be (H, W) or (C, H, W), got shape {arr.shape}")
         if arr.dtype != np.uint8:
             if not np.issubdtype(arr.dtype, np.floating):
-                raise DataFormatError(
-                    f"{path}: .npy images must be uint8 or float in [0, 1], got {arr.dtype}"
-                )
+                raise DataFormatError(f"{path}: .npy images must be uint8 or float in [0, 1], got {arr.dtype}")
             arr = arr.astype(np.float32)
         return arr
     try:
@@ -742,9 +726,7 @@ def read_image_folder(
         class_names = [str(c) for c in classes]
         unknown = sorted(set(found) - set(class_names))
         if unknown:
-            raise DataFormatError(
-                f"{r}: class folder(s) {unknown} are not among the known classes {class_names}"
-            )
+            raise DataFormatError(f"{r}: class folder(s) {unknown} are not among the known classes {class_names}")
     images: list[np.ndarray] = []
     targets: list[int] = []
     first: Path | None = None
@@ -815,12 +797,8 @@ def load_image_folder(
     full = read_image_folder(r, mode=mode, name=r.name)
     train_idx, test_idx = stratified_split(full.targets, test_fraction, seed)
     mean, std = channel_stats(full.images[train_idx])
-    train = ImageDataset(
-        full.images[train_idx], full.targets[train_idx], full.classes, f"{r.name}-train", mean, std
-    )
-    test = ImageDataset(
-        full.images[test_idx], full.targets[test_idx], full.classes, f"{r.name}-test", mean, std
-    )
+    train = ImageDataset(full.images[train_idx], full.targets[train_idx], full.classes, f"{r.name}-train", mean, std)
+    test = ImageDataset(full.images[test_idx], full.targets[test_idx], full.classes, f"{r.name}-test", mean, std)
     return train, test
 
 

@@ -148,9 +148,7 @@ class ViewLoader:
         self.world_size = int(world_size)
         self.pad = bool(pad)
         self.normalize = (
-            (augmenter.config.normalize if augmenter is not None else True)
-            if normalize is None
-            else (bool(normalize))
+            (augmenter.config.normalize if augmenter is not None else True) if normalize is None else (bool(normalize))
         )
         self.device = torch.device(device) if device is not None else None
         n = len(dataset)

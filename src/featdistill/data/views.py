@@ -232,23 +232,17 @@ class Augmenter:
         on its own image and parameters, so a view renders identically in any batch.
         """
         if images.ndim != 4 or not images.is_floating_point():
-            raise ValueError(
-                f"apply expects float images (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
-            )
+            raise ValueError(f"apply expects float images (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
         b, _, h, w = images.shape
         if params["identity"].numel() != b:
-            raise ValueError(
-                f"params are for {params['identity'].numel()} views but the batch has {b} images"
-            )
+            raise ValueError(f"params are for {params['identity'].numel()} views but the batch has {b} images")
         cfg = self.config
         dev = images.device
         x = images
         if cfg.resized_crop is not None:
             box = params["rc_box"].cpu()
             # rows whose box is the whole image (or identity views) are kept bit-exact, not resampled
-            todo = torch.nonzero(
-                ~((box == torch.tensor([0, 0, h, w])).all(dim=1) | params["identity"].cpu())
-            )[:, 0]
+            todo = torch.nonzero(~((box == torch.tensor([0, 0, h, w])).all(dim=1) | params["identity"].cpu()))[:, 0]
             if todo.numel() == b:
                 x = _resample_boxes(x, box)
             elif todo.numel() > 0:
@@ -269,9 +263,7 @@ class Augmenter:
             x = xp.reshape(b, c, -1).gather(2, idx).reshape(b, c, h, w)
         return x
 
-    def __call__(
-        self, images: Tensor, sample_ids: Tensor | list[int], view_ids: Tensor | list[int] | int
-    ) -> Tensor:
+    def __call__(self, images: Tensor, sample_ids: Tensor | list[int], view_ids: Tensor | list[int] | int) -> Tensor:
         """``apply(images, params(sample_ids, view_ids, images.shape))``."""
         return self.apply(images, self.params(sample_ids, view_ids, tuple(images.shape)))
 

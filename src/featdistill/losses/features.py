@@ -121,8 +121,7 @@ def nd_loss(
         )
     if class_means.ndim != 2 or class_means.shape[1] != student_emb.shape[1]:
         raise ValueError(
-            f"nd_loss: class_means must be (num_classes, {student_emb.shape[1]}), got "
-            f"{tuple(class_means.shape)}"
+            f"nd_loss: class_means must be (num_classes, {student_emb.shape[1]}), got {tuple(class_means.shape)}"
         )
     if target.shape != (student_emb.shape[0],) or target.is_floating_point():
         raise ValueError(
@@ -137,9 +136,7 @@ def nd_loss(
     return per_sample.mean() if reduction == "batchmean" else per_sample
 
 
-def class_means(
-    embeddings: Tensor, targets: Tensor, num_classes: int, *, allow_empty: bool = False
-) -> Tensor:
+def class_means(embeddings: Tensor, targets: Tensor, num_classes: int, *, allow_empty: bool = False) -> Tensor:
     """Per-class mean of ``(N, D)`` embeddings → ``(num_classes, D)`` (the ND/KD++ class centres).
 
     One pass with ``index_add_`` (accumulated in float64, returned in the embeddings' float dtype; detached,

@@ -152,9 +152,7 @@ def dkd_terms(
     target = target.long()
     num_classes = student_logits.shape[1]
     if num_classes < 2:
-        raise ValueError(
-            f"dkd_terms: DKD needs at least 2 classes, got logits of shape {tuple(student_logits.shape)}"
-        )
+        raise ValueError(f"dkd_terms: DKD needs at least 2 classes, got logits of shape {tuple(student_logits.shape)}")
     z_s = upcast(student_logits) / temperature
     z_t = as_target(teacher_logits) / temperature
     mask = F.one_hot(target, num_classes).bool()
@@ -187,9 +185,7 @@ def dkd_loss(
     (``linear_warmup`` in :mod:`featdistill.losses.schedule`). Note that α = β = 1 is not KD: it over-weights
     NCKD by ``1/(1 − p_t,y)`` and is ≥ the KD term.
     """
-    tckd, nckd = dkd_terms(
-        student_logits, teacher_logits, target, temperature=temperature, reduction=reduction
-    )
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, target, temperature=temperature, reduction=reduction)
     return alpha * tckd + beta * nckd
 
 
@@ -225,9 +221,7 @@ def intra_class_relation(y_s: Tensor, y_t: Tensor, eps: float = 1e-8) -> Tensor:
     return inter_class_relation(y_s.transpose(0, 1), y_t.transpose(0, 1), eps)
 
 
-def dist_terms(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
-) -> tuple[Tensor, Tensor]:
+def dist_terms(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """DIST's ``(L_inter, L_intra)`` on ``Y = softmax(z/τ)``, each multiplied by ``τ²``.
 
     The official classification loss (``hunto/image_classification_sota``) uses τ = 1, where the factor is 1.

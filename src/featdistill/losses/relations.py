@@ -17,9 +17,7 @@ __all__ = ["linear_cka", "cka_loss"]
 
 def _centred_rows(x: Tensor, name: str) -> Tensor:
     if x.ndim < 2:
-        raise ValueError(
-            f"linear_cka: {name} must have a sample dimension and features, got {tuple(x.shape)}"
-        )
+        raise ValueError(f"linear_cka: {name} must have a sample dimension and features, got {tuple(x.shape)}")
     flat = x.reshape(x.shape[0], -1)
     return flat - flat.mean(dim=0, keepdim=True)
 

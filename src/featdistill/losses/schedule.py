@@ -49,9 +49,7 @@ class Schedule:
         if isinstance(spec, Schedule):
             return spec
         if isinstance(spec, bool):
-            raise ValueError(
-                f"Schedule.parse: expected a number or {{'value': w, 'warmup': E}}, got {spec!r}"
-            )
+            raise ValueError(f"Schedule.parse: expected a number or {{'value': w, 'warmup': E}}, got {spec!r}")
         if isinstance(spec, (int, float)):
             return cls(float(spec))
         if isinstance(spec, Mapping):
@@ -64,8 +62,7 @@ class Schedule:
                 )
             return cls(spec["value"], spec.get("warmup", 0.0))
         raise ValueError(
-            f"Schedule.parse: expected a number or {{'value': w, 'warmup': E}}, got "
-            f"{type(spec).__name__} {spec!r}"
+            f"Schedule.parse: expected a number or {{'value': w, 'warmup': E}}, got {type(spec).__name__} {spec!r}"
         )
 
     def to_spec(self) -> float | dict[str, float]:

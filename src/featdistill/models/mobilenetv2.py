@@ -56,9 +56,7 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """CRD MobileNetV2; ``expansion`` is the ``T`` of ``mobilenetv2_T_w``, ``width_mult`` its ``W``."""
 
-    def __init__(
-        self, num_classes: int = 10, in_channels: int = 3, expansion: int = 6, width_mult: float = 0.5
-    ):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, expansion: int = 6, width_mult: float = 0.5):
         super().__init__()
         t = expansion
         setting = [  # t, c, n, s
@@ -120,6 +118,4 @@ def mobilenetv2(
 ) -> nn.Module:
     """CRD ``mobile_half`` by default (width 0.5, expansion 6); any input size (adaptive pooling)."""
     del image_size
-    return MobileNetV2(
-        num_classes=num_classes, in_channels=in_channels, expansion=expansion, width_mult=width_mult
-    )
+    return MobileNetV2(num_classes=num_classes, in_channels=in_channels, expansion=expansion, width_mult=width_mult)

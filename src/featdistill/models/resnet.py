@@ -49,9 +49,7 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet of depth ``6n + 2`` with stem width ``widths[0]`` and stage widths ``widths[1:]``."""
 
-    def __init__(
-        self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 10, in_channels: int = 3
-    ):
+    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 10, in_channels: int = 3):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n ≥ 1 (8, 14, 20, 32, …), got {depth}")

@@ -48,9 +48,7 @@ class ShuffleV1Block(nn.Module):
         self.relu2 = nn.ReLU(inplace=False)
         self.conv3 = nn.Conv2d(mid, out_planes, kernel_size=1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
-        self.shortcut = (
-            nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1)) if stride == 2 else nn.Sequential()
-        )
+        self.shortcut = nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1)) if stride == 2 else nn.Sequential()
         self.preact = nn.Identity()
         self.relu3 = nn.ReLU(inplace=False)
 
@@ -91,18 +89,14 @@ class ShuffleNetV1(nn.Module):
         self.embedding_path: str = "flatten"
         self.classifier_path: str = "linear"
 
-    def _make_layer(
-        self, out_planes: int, num_blocks: int, groups: int, first_stage: bool = False
-    ) -> nn.Sequential:
+    def _make_layer(self, out_planes: int, num_blocks: int, groups: int, first_stage: bool = False) -> nn.Sequential:
         layers = []
         for i in range(num_blocks):
             stride = 2 if i == 0 else 1
             cat_planes = self.in_planes if i == 0 else 0  # stride-2 blocks concatenate the pooled input
             # The 24-channel stem output is not divisible into groups: the very first 1×1 conv is ungrouped.
             first_groups = 1 if (first_stage and i == 0) else groups
-            layers.append(
-                ShuffleV1Block(self.in_planes, out_planes - cat_planes, stride, groups, first_groups)
-            )
+            layers.append(ShuffleV1Block(self.in_planes, out_planes - cat_planes, stride, groups, first_groups))
             self.in_planes = out_planes
         return nn.Sequential(*layers)
 
@@ -156,9 +150,7 @@ class ShuffleV2DownBlock(nn.Module):
         super().__init__()
         mid = out_channels // 2
         # left branch
-        self.conv1 = nn.Conv2d(
-            in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False
-        )
+        self.conv1 = nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False)
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv2 = nn.Conv2d(in_channels, mid, kernel_size=1, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)
@@ -195,9 +187,7 @@ class ShuffleNetV2(nn.Module):
     def __init__(self, net_size: float = 1.0, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
         if float(net_size) not in SHUFFLEV2_CONFIGS:
-            raise ValueError(
-                f"ShuffleNetV2 net_size must be one of {sorted(SHUFFLEV2_CONFIGS)}, got {net_size}"
-            )
+            raise ValueError(f"ShuffleNetV2 net_size must be one of {sorted(SHUFFLEV2_CONFIGS)}, got {net_size}")
         cfg = SHUFFLEV2_CONFIGS[float(net_size)]
         out_channels, num_blocks = cfg["out_channels"], cfg["num_blocks"]
         self.conv1 = nn.Conv2d(in_channels, 24, kernel_size=1, bias=False)
@@ -240,9 +230,7 @@ def shufflev1(num_classes: int = 10, in_channels: int = 3, image_size: int = 32)
 
 
 @register_model("shufflev2")
-def shufflev2(
-    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, net_size: float = 1.0
-) -> nn.Module:
+def shufflev2(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, net_size: float = 1.0) -> nn.Module:
     """CRD ``ShuffleV2`` (1×): stage widths 116/232/464, head 1024."""
     del image_size
     return ShuffleNetV2(net_size=net_size, num_classes=num_classes, in_channels=in_channels)

@@ -47,9 +47,7 @@ def _make_block(widths: list[int], in_channels: int) -> nn.Sequential:
 class VGG(nn.Module):
     """CRD-style VGG-BN; ``cfg`` lists the conv widths of the five blocks."""
 
-    def __init__(
-        self, cfg: list[list[int]], num_classes: int = 10, in_channels: int = 3, image_size: int = 32
-    ):
+    def __init__(self, cfg: list[list[int]], num_classes: int = 10, in_channels: int = 3, image_size: int = 32):
         super().__init__()
         self.block0 = _make_block(cfg[0], in_channels)
         self.block1 = _make_block(cfg[1], cfg[0][-1])

@@ -182,11 +182,7 @@ class VisionTransformer(nn.Module):
         if keep_idx is not None:
             if keep_idx.dim() != 2 or keep_idx.shape[0] != x.shape[0]:
                 raise ValueError(f"keep_idx must be (B, K) = ({x.shape[0]}, K), got {tuple(keep_idx.shape)}")
-            index = (
-                keep_idx.to(device=tokens.device, dtype=torch.long)
-                .unsqueeze(-1)
-                .expand(-1, -1, tokens.shape[-1])
-            )
+            index = keep_idx.to(device=tokens.device, dtype=torch.long).unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
             tokens = torch.gather(tokens, 1, index)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         tokens = torch.cat([cls, tokens], dim=1)

@@ -54,9 +54,7 @@ class NetworkBlock(nn.Module):
         super().__init__()
         self.layer = nn.Sequential(
             *[
-                WideBasicBlock(
-                    in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate
-                )
+                WideBasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
                 for i in range(nb_layers)
             ]
         )
@@ -113,9 +111,7 @@ class WideResNet(nn.Module):
 
 
 def _wrn(depth: int, widen: int):
-    def build(
-        num_classes: int = 10, in_channels: int = 3, image_size: int = 32, drop_rate: float = 0.0
-    ) -> nn.Module:
+    def build(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, drop_rate: float = 0.0) -> nn.Module:
         del image_size  # adaptive pooling
         return WideResNet(depth, widen, num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate)
 

@@ -214,14 +214,9 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         )
     if obj.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
-            f"checkpoint {path} has version {obj.get('version')!r}; this featdistill reads version "
-            f"{CHECKPOINT_VERSION}"
+            f"checkpoint {path} has version {obj.get('version')!r}; this featdistill reads version {CHECKPOINT_VERSION}"
         )
-    missing = [
-        k
-        for k in ("model", "optimizer", "scheduler", "epoch", "global_step", "rng", "config")
-        if k not in obj
-    ]
+    missing = [k for k in ("model", "optimizer", "scheduler", "epoch", "global_step", "rng", "config") if k not in obj]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the entries {missing}; it is incomplete")
     return obj
@@ -297,9 +292,7 @@ def export_student(student: nn.Module, run_dir: Path | str, spec: Any = None) ->
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in student.state_dict().items()}
     data = st_save(tensors, metadata={"format": "pt"})
     path = atomic_write(run_dir / "student.safetensors", lambda f: f.write(data))
-    atomic_write_text(
-        run_dir / "student_meta.json", json.dumps(_jsonable(spec), indent=2, default=str) + "\n"
-    )
+    atomic_write_text(run_dir / "student_meta.json", json.dumps(_jsonable(spec), indent=2, default=str) + "\n")
     return path
 
 

@@ -113,9 +113,7 @@ class TrainConfig(BaseModel):
             )
         late = [m for m in self.milestones if m >= self.epochs]
         if self.schedule == "step" and late:
-            raise ValueError(
-                f"milestones {late} are not before epochs={self.epochs}; they would never take effect"
-            )
+            raise ValueError(f"milestones {late} are not before epochs={self.epochs}; they would never take effect")
         if self.schedule == "step" and not self.milestones:
             raise ValueError("schedule='step' needs milestones (epochs), e.g. milestones: [150, 180, 210]")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
@@ -221,10 +219,7 @@ def has_slow_channels_last_norm(*models: nn.Module | None) -> bool:
     channels_last, a 3× slowdown instead of a speed-up.
     """
     return any(
-        isinstance(m, _SLOW_CHANNELS_LAST_NORMS)
-        for model in models
-        if model is not None
-        for m in model.modules()
+        isinstance(m, _SLOW_CHANNELS_LAST_NORMS) for model in models if model is not None for m in model.modules()
     )
 
 

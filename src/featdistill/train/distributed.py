@@ -69,9 +69,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise RuntimeError(
-            f"environment variable {name}={raw!r} is not an integer (set by torchrun)"
-        ) from None
+        raise RuntimeError(f"environment variable {name}={raw!r} is not an integer (set by torchrun)") from None
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistContext:

@@ -44,9 +44,7 @@ class LRFactor:
         min_ratio: float = 0.0,
     ) -> None:
         if steps_per_epoch < 1:
-            raise ValueError(
-                f"steps_per_epoch must be >= 1, got {steps_per_epoch} (is the train loader empty?)"
-            )
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch} (is the train loader empty?)")
         self.schedule = schedule
         self.total_steps = int(steps_per_epoch * epochs)
         self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))

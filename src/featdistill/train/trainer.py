@@ -272,9 +272,7 @@ class _Progress:
 
     def start_epoch(self, epoch: int, steps: int) -> None:
         if self._p is not None:
-            self._p.reset(
-                self._task, total=steps, description=f"epoch {epoch + 1}/{self.total_epochs}", info=""
-            )
+            self._p.reset(self._task, total=steps, description=f"epoch {epoch + 1}/{self.total_epochs}", info="")
 
     def advance(self) -> None:
         if self._p is not None:
@@ -332,9 +330,7 @@ class Trainer:
         callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
         if not isinstance(config, TrainConfig):
-            raise TypeError(
-                f"config must be a TrainConfig, got {type(config).__name__}; use TrainConfig(**dict)"
-            )
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}; use TrainConfig(**dict)")
         for attr in ("trainable_parameters", "export_student"):
             if not callable(getattr(distiller, attr, None)):
                 raise TypeError(
@@ -358,10 +354,7 @@ class Trainer:
             config.channels_last, self.device, self.amp_dtype, distiller, teacher_model
         )
         if config.channels_last is True and has_slow_channels_last_norm(distiller, teacher_model):
-            log.warning(
-                "channels_last=true with GroupNorm/InstanceNorm runs the slow eager path "
-                "(efficiency.md §10.3)"
-            )
+            log.warning("channels_last=true with GroupNorm/InstanceNorm runs the slow eager path (efficiency.md §10.3)")
         self.epoch = 0  # completed epochs
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
@@ -437,9 +430,7 @@ class Trainer:
         try:
             steps = len(self.train_loader)
         except TypeError:
-            raise TypeError(
-                "the train loader must define len() (batches per epoch) for per-step schedules"
-            ) from None
+            raise TypeError("the train loader must define len() (batches per epoch) for per-step schedules") from None
         if steps < 1:
             raise ValueError("the train loader is empty (len() == 0); check the dataset and batch size")
         if self.dist.enabled:
@@ -549,9 +540,7 @@ class Trainer:
                 amp_dtype=self.amp_dtype,
                 channels_last=self.channels_last,
             )
-            v = torch.tensor(
-                [m["top1"] * m["n"], m["loss"] * m["n"], m["n"]], dtype=torch.float64, device=self.device
-            )
+            v = torch.tensor([m["top1"] * m["n"], m["loss"] * m["n"], m["n"]], dtype=torch.float64, device=self.device)
             all_reduce_sum(v, ctx)
             n = v[2].item()
             return {"top1": v[0].item() / n, "loss": v[1].item() / n, "n": n}
@@ -607,9 +596,7 @@ class Trainer:
             raise ValueError("distiller.trainable_parameters() is empty: nothing to train")
         frozen = [p for p in params if not p.requires_grad]
         if frozen:
-            raise ValueError(
-                f"{len(frozen)} parameter(s) from trainable_parameters() have requires_grad=False"
-            )
+            raise ValueError(f"{len(frozen)} parameter(s) from trainable_parameters() have requires_grad=False")
         optimizer = build_optimizer(params, cfg)
         scheduler = build_scheduler(optimizer, cfg, steps)
 
@@ -628,8 +615,7 @@ class Trainer:
                 _truncate_metrics(metrics_path, self.epoch, self.global_step)
             ckpt.atomic_write_text(
                 self.run_dir / "train_settings.json",
-                json.dumps({"config": cfg.model_dump(mode="json"), "resolved": self.settings()}, indent=2)
-                + "\n",
+                json.dumps({"config": cfg.model_dump(mode="json"), "resolved": self.settings()}, indent=2) + "\n",
             )
             if cfg.tensorboard:
                 try:
@@ -727,9 +713,7 @@ class Trainer:
             progress.advance()
             if self.global_step % cfg.log_every == 0:
                 now = time.perf_counter()
-                vec = torch.cat(
-                    [step_vals, torch.tensor([float(win_images)], dtype=torch.float64, device=self.device)]
-                )
+                vec = torch.cat([step_vals, torch.tensor([float(win_images)], dtype=torch.float64, device=self.device)])
                 all_reduce_sum(vec, ctx)
                 vals = (vec[:-1] / ctx.world_size).tolist()
                 ips = vec[-1].item() / max(now - win_t0, 1e-9)
@@ -793,9 +777,7 @@ class Trainer:
         progress.info(_fmt_terms(rec["losses"], rec["images_per_s"]))
         self._epoch_record = rec
 
-    def _end_epoch(
-        self, optimizer: torch.optim.Optimizer, scheduler: Any, mlog: _MetricsLog, writer: Any
-    ) -> None:
+    def _end_epoch(self, optimizer: torch.optim.Optimizer, scheduler: Any, mlog: _MetricsLog, writer: Any) -> None:
         cfg = self.config
         last = self.epoch == cfg.epochs
         train_rec = self._epoch_record

@@ -1,0 +1,143 @@
+"""``featdistill cache CONFIG.yaml``: build the teacher store a training config will read.
+
+The cache config *is* a training config plus a ``cache:`` section, so the store is built for exactly the
+training split (``data.val_fraction``, ``data.subset``, the same seed) and the same augmentation
+(``data.augment`` with seed ``seed``) that ``featdistill train`` will use with ``teacher.source: store``::
+
+    seed: 0
+    data: {name: mnist5k, val_fraction: 0.1, augment: {pad_crop: 2}, views: cycle}
+    teacher: {model: convnet, kwargs: {width: 64}, checkpoint: runs/teacher/student.safetensors,
+              source: store, store: stores/mnist5k-w64-V8}
+    student: {model: convnet, kwargs: {width: 8}}          # optional here (used to resolve method taps)
+    method: {name: kd}                                      # optional: its teacher taps are stored too
+    cache: {num_views: 8, topk: null}                       # out defaults to teacher.store
+
+Every other section is validated by :mod:`featdistill.config` as usual; the ``cache:`` keys by
+:class:`CacheSection` (unknown keys fail with the valid ones listed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["CacheSection", "build_store_from_config"]
+
+
+class CacheSection(BaseModel):
+    """The ``cache:`` section; each key is one :func:`featdistill.cache.build_store` argument."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: str | None = Field(None, description="store folder (default: teacher.store)")
+    num_views: int = Field(8, ge=1, description="V, stored views per sample")
+    topk: int | None = Field(None, ge=1, description="top-k logits (null = full logits)")
+    logits: bool = True
+    taps: dict[str, Any] | None = Field(
+        None, description="{name: module path}; null = the model's embedding + the method's teacher taps"
+    )
+    project_dim: int | dict[str, int] | None = None
+    dtype: Literal["float16", "float32"] = "float16"
+    batch_size: int = Field(256, ge=1)
+    shard_size: int | None = Field(None, ge=1)
+    autocast: bool = False
+    channels_last: bool = False
+    store_view_params: bool = False
+    resume: bool = True
+    device: str | None = None
+
+
+def build_store_from_config(path: str | Path, overrides: Sequence[str] = ()) -> Path:
+    """Read a YAML config (+ ``--set key=value`` overrides), build its teacher store, return the folder."""
+    import yaml
+
+    from featdistill.cache.builder import build_store
+    from featdistill.config import ConfigError, apply_overrides, parse_config
+    from featdistill.run import build_data, build_model_from_config
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (data, teacher, cache, …)")
+    raw = apply_overrides(raw, overrides)
+    section = raw.pop("cache", None)
+    if section is None:
+        raise ConfigError(f"{p}: no `cache:` section (e.g. `cache: {{num_views: 8, topk: 10}}`)")
+    try:
+        cc = CacheSection.model_validate(section)
+    except ValidationError as err:
+        lines = [f"invalid cache section ({err.error_count()} error(s)):"]
+        for e in err.errors():
+            loc = "cache." + ".".join(str(x) for x in e["loc"])
+            if e["type"] == "extra_forbidden":
+                lines.append(f"  {loc}: unknown key; valid keys: {', '.join(CacheSection.model_fields)}")
+            else:
+                lines.append(f"  {loc} = {e.get('input')!r}: {e['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    teacher_raw = raw.get("teacher")
+    if not isinstance(teacher_raw, Mapping):
+        raise ConfigError(f"{p}: a teacher store needs a `teacher:` section (model, kwargs, checkpoint)")
+    out = cc.out or teacher_raw.get("store")
+    if not out:
+        raise ConfigError(f"{p}: say where the store goes: cache.out or teacher.store")
+    # the build runs the live teacher; the rest of the config is parsed exactly as `featdistill train` does
+    raw["teacher"] = {k: v for k, v in teacher_raw.items() if k not in ("source", "store")}
+    raw.setdefault("student", {"model": teacher_raw.get("model")})
+    cfg = parse_config(raw)
+    assert cfg.teacher is not None
+    if not cfg.teacher.checkpoint:
+        raise ConfigError(
+            "teacher.checkpoint is required to build a store: a randomly initialised teacher teaches nothing"
+        )
+    train_set, _, augmenter, train_loader, _, _ = build_data(cfg, num_views=cc.num_views)
+    shape = tuple(train_set.image_shape)
+    teacher = build_model_from_config(cfg.teacher, train_set.num_classes, shape, cfg.seed, "teacher")
+    taps = cc.taps
+    if taps is None:
+        taps = _default_taps(cfg, teacher, train_set.num_classes, shape)
+    build_store(
+        teacher,
+        train_set,
+        augmenter,
+        cc.num_views,
+        out,
+        taps=taps,
+        topk=cc.topk,
+        logits=cc.logits,
+        project_dim=cc.project_dim,
+        batch_size=cc.batch_size,
+        shard_size=cc.shard_size,
+        indices=train_loader.indices,
+        resume=cc.resume,
+        model_name=cfg.teacher.model,
+        dtype=cc.dtype,
+        device=cc.device,
+        autocast=cc.autocast,
+        channels_last=cc.channels_last,
+        store_view_params=cc.store_view_params,
+    )
+    return Path(out)
+
+
+def _default_taps(cfg: Any, teacher: Any, num_classes: int, shape: tuple[int, ...]) -> dict[str, Any]:
+    """The model's pooled embedding plus whatever the configured method asks of the teacher."""
+    from featdistill.methods import METHODS, build_method
+    from featdistill.run import build_model_from_config
+    from featdistill.taps import LOGITS
+
+    taps: dict[str, Any] = {}
+    emb = getattr(teacher, "embedding_path", None)
+    if emb:
+        taps["embedding"] = emb
+    m = cfg.method
+    if m.name in METHODS and METHODS[m.name].needs_teacher:
+        method = build_method(m.name, **m.params, weights=m.weights or None)
+        student = build_model_from_config(cfg.student, num_classes, shape, cfg.seed, "student")
+        method.bind(student, teacher)
+        taps.update({k: v for k, v in method.teacher_taps().items() if v.path != LOGITS})
+    return taps
