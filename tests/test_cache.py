@@ -489,3 +489,53 @@ def test_build_store_from_config_and_cli_info(tmp_path, capsys):
 
     assert main(["cache", "info", str(out)]) == 0
     assert "40/40 samples, 120/120 views" in capsys.readouterr().out
+
+
+def test_train_from_store_never_needs_the_teacher(tmp_path):
+    """`featdistill cache` then `featdistill train` with teacher.source=store: the teacher is never built."""
+    import json
+
+    import yaml
+    from safetensors.torch import save_file
+
+    from featdistill.cli import main
+
+    with seeded(0, "store-train-teacher"):
+        t = build_model("convnet", num_classes=10, in_channels=1, image_size=8, width=8, depth=2)
+    save_file(t.state_dict(), str(tmp_path / "teacher.safetensors"))
+    teacher = {
+        "model": "convnet",
+        "kwargs": {"width": 8, "depth": 2},
+        "checkpoint": str(tmp_path / "teacher.safetensors"),
+        "source": "store",
+        "store": str(tmp_path / "store"),
+    }
+    cfg = {
+        "seed": 1,
+        "run_dir": str(tmp_path / "run"),
+        "data": {"name": "digits", "subset": 200, "augment": {"pad_crop": 1}, "views": "cycle"},
+        "teacher": teacher,
+        "student": {"model": "convnet", "kwargs": {"width": 4, "depth": 2}},
+        "method": {"name": "kd", "params": {"temperature": 2.0}},
+        "train": {"epochs": 2, "progress": False, "lr": 0.05},
+        "cache": {"num_views": 2, "batch_size": 100},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["cache", str(tmp_path / "cfg.yaml")]) == 0
+    # Without the checkpoint the store cannot be tied to a teacher file, but training still needs no teacher.
+    no_ckpt = {**cfg, "teacher": {k: v for k, v in teacher.items() if k != "checkpoint"}}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(no_ckpt))
+    assert main(["train", str(tmp_path / "train.yaml")]) == 0
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["type"] == "epoch" and r["losses"]["kd"] > 0 for r in records)
+    # With a different teacher checkpoint the store is refused with the reason.
+    with seeded(5, "other"):
+        other = build_model("convnet", num_classes=10, in_channels=1, image_size=8, width=8, depth=2)
+    save_file(other.state_dict(), str(tmp_path / "other.safetensors"))
+    wrong = {
+        **cfg,
+        "run_dir": str(tmp_path / "run2"),
+        "teacher": {**teacher, "checkpoint": str(tmp_path / "other.safetensors")},
+    }
+    (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(wrong))
+    assert main(["train", str(tmp_path / "wrong.yaml")]) == 2

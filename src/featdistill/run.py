@@ -136,11 +136,12 @@ def build_teacher(cfg: ExperimentConfig, train_set, augmenter, num_classes: int)
     if t.source == "store":
         from featdistill.cache import CachedTeacher, TeacherStore
 
-        store = TeacherStore.open(
-            t.store,
-            expect={"dataset_fingerprint": train_set.fingerprint(), "augment_hash": augmenter.config.config_hash()},
-        )
-        return CachedTeacher(store), None
+        expect: dict[str, Any] = {"dataset": train_set, "augmentation": augmenter, "model_name": t.model}
+        if t.checkpoint:  # with the weights at hand, also prove the store holds *this* teacher's outputs
+            expect["teacher"] = build_model_from_config(
+                t, num_classes, tuple(train_set.image_shape), cfg.seed, "teacher"
+            )
+        return CachedTeacher(TeacherStore.open(t.store, expect=expect)), None
     if not t.checkpoint:
         raise ConfigError(
             "teacher.checkpoint is required for a live teacher: a randomly initialised teacher teaches nothing "

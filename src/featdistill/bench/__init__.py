@@ -92,16 +92,21 @@ def run_suite(name: str, out_dir: str | Path, quick: bool = False) -> Path:
     if name not in SUITES:
         raise KeyError(f"unknown benchmark suite {name!r}; known: {sorted(set(SUITE_MODULES) | set(SUITES))}")
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md_path = out / f"{name}.md"
+    md_path.unlink(missing_ok=True)  # a suite may write its own richer table; a stale one must not survive
     t0 = time.perf_counter()
     rows = SUITES[name](out, quick)
     meta = {**machine_meta(), "quick": quick, "seconds": round(time.perf_counter() - t0, 2)}
     payload = {"suite": name, "rows": rows, "meta": meta}
     json_path = out / f"{name}.json"
     write_atomic(json_path, json.dumps(payload, indent=2, default=str))
-    md = f"# Benchmark suite `{name}`\n\n{markdown_table(rows)}\n" + (
+    machine = (
         f"Machine: {meta['processor']}, torch {meta['torch']}, {meta['threads']} threads"
         + (f", {meta['cuda']}" if meta["cuda"] else "")
-        + f"; {meta['seconds']} s.\n"
+        + f"; {meta['seconds']} s; `featdistill bench {name}{' --quick' if quick else ''}`.\n"
     )
-    write_atomic(out / f"{name}.md", md)
+    own = md_path.read_text() if md_path.is_file() else None
+    body = own if own is not None else f"# Benchmark suite `{name}`\n\n{markdown_table(rows)}"
+    write_atomic(md_path, body.rstrip("\n") + "\n\n" + machine)
     return json_path

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from featdistill.bench import register_suite
+
 from .core import condense
 from .evaluate import EvalProtocol, evaluate
 from .real import as_real_data
@@ -253,3 +255,9 @@ def _write(out: Path, rows: list[dict[str, Any]], quick: bool) -> None:
             + ", ".join(f"{k} {100 * v:.1f} %" for k, v in full.items()),
         ]
     (out / "condense.md").write_text("\n".join(lines) + "\n")
+
+
+@register_suite("condense")
+def condense_suite(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
+    """``featdistill bench condense``: the table above, single-threaded (faster for tiny ConvNets here)."""
+    return run_condense_bench(out_dir, quick=quick, threads=1)
