@@ -275,6 +275,14 @@ def run_search_cli(args: Any) -> int:
         from safetensors.torch import load_file
 
         teacher.load_state_dict(load_file(args.teacher_checkpoint))
+    data = None
+    if getattr(args, "validate", False) and args.dataset == "mnist5k" and not getattr(args, "teacher_checkpoint", None):
+        # DisWOT scores candidates against a *trained* teacher: train it first (the bench protocol).
+        from featdistill.methods.bench import BenchData, train_teacher
+
+        data = BenchData.make(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        teacher = train_teacher(teacher, data, 6)
+        teacher = teacher.cpu().eval()
     rows = rank_students(teacher, {n: build(n) for n in args.candidates}, batch)
     print(f"DisWOT ranking for teacher {args.teacher} (one batch of {len(batch['target'])} {args.dataset} images)")
     print(f"{'rank':>4}  {'candidate':<16}{'score':>12}{'relation':>12}{'semantic':>12}{'params':>10}")
@@ -287,11 +295,10 @@ def run_search_cli(args: Any) -> int:
         if args.dataset != "mnist5k":
             print("--validate runs on mnist5k only (the methods bench protocol)")
             return 2
-        from featdistill.methods.bench import BenchData, train_run, train_teacher
+        from featdistill.methods.bench import BenchData, train_run
 
-        data = BenchData.make(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        if not getattr(args, "teacher_checkpoint", None):
-            teacher = train_teacher(teacher, data, 6)
+        if data is None:
+            data = BenchData.make(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         from featdistill.methods import build_method
 
         accs = {r["name"]: train_run(build(r["name"]), build_method("kd"), teacher, data, 3, 0)["test"] for r in rows}
