@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from featdistill.io import atomic_write_text
 
 __all__ = ["SUITES", "SUITE_MODULES", "register_suite", "run_suite", "markdown_table", "write_atomic"]
 
@@ -43,15 +44,7 @@ def register_suite(name: str) -> Callable[[Suite], Suite]:
     return deco
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (no half-written files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+write_atomic = atomic_write_text  # kept for suites: one implementation, in featdistill.io
 
 
 def _cell(v: Any) -> str:

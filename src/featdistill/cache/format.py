@@ -33,13 +33,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from featdistill.io import atomic_write_bytes, atomic_write_json, file_sha256, fsync_dir, temp_path_for
 
 __all__ = [
     "FORMAT_NAME",
@@ -113,49 +114,7 @@ def teacher_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 # -- atomic writes ------------------------------------------------------------------------------
-def _tmp_name(path: Path) -> Path:
-    # pid in the name: two ranks (or two processes finalising) never share a temporary file
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, ``fsync`` and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
-
-
 def atomic_save_npy(path: Path, array: np.ndarray) -> tuple[int, str]:
     """Save ``array`` as ``.npy`` atomically; return ``(bytes on disk, sha256 of the file)``.
 
@@ -163,7 +122,7 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> tuple[int, str]:
     shard is streamed, not pickled), flushed, fsynced and renamed into place.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = temp_path_for(path)
     mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=array.dtype, shape=array.shape)
     mm[...] = array
     mm.flush()
@@ -173,7 +132,7 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> tuple[int, str]:
     size = tmp.stat().st_size
     digest = file_sha256(tmp)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return size, digest
 
 

@@ -24,17 +24,17 @@ leave either the previous checkpoint or the new one, never a half-written file t
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from featdistill.io import atomic_write, atomic_write_text
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -142,50 +142,6 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # atomic files
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename itself durable; not every platform lets one open a directory (Windows), so best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a temp file next to ``path``, fsync it, then ``os.replace`` it onto ``path``.
-
-    Same directory because ``os.replace`` is only atomic within one file system.  The temp name starts with
-    a dot and contains ``.tmp-`` so checkpoint discovery never mistakes it for a finished file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: Path | str, text: str) -> Path:
-    """Atomically replace ``path`` with ``text`` (UTF-8)."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_checkpoint(path: Path | str, payload: Mapping[str, Any]) -> Path:
