@@ -94,3 +94,22 @@ def test_unknown_tap_path_from_cli_is_a_clear_error(tmp_path, capsys):
     assert main(["train", str(_write(tmp_path, data))]) == 2
     err = capsys.readouterr().err
     assert "nope.safetensors" in err  # the missing teacher checkpoint is reported first, clearly
+
+
+def test_condense_cli_with_overrides_and_bad_value(tmp_path, capsys):
+    cfg = {
+        "dataset": "digits",
+        "method": "random",
+        "ipc": 1,
+        "seed": 0,
+        "out_dir": str(tmp_path / "syn"),
+    }
+    p = _write(tmp_path, cfg)
+    assert main(["condense", str(p), "--set", "ipc=2"]) == 0
+    from featdistill.condense import SyntheticSet
+
+    syn = SyntheticSet.load(next((tmp_path / "syn").glob("*.safetensors")))
+    assert syn.images.shape[0] == 20  # 2 per class × 10 classes
+    assert main(["condense", str(p), "--set", "ipc=100000"]) == 2
+    err = capsys.readouterr().err
+    assert "ipc" in err and "Traceback" not in err

@@ -32,7 +32,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ("featdistill.train.config", "TrainConfigError"),
         ("featdistill.train.checkpoint", "CheckpointError"),
         ("featdistill.cache", "StoreError"),
-        ("featdistill.condense", "CondenseError"),
+        ("featdistill.data", "DataFormatError"),
     ]:
         try:
             errs.append(getattr(__import__(mod, fromlist=[name]), name))
@@ -110,7 +110,19 @@ def cmd_condense(args: argparse.Namespace) -> int:
         for k, v in res.items():
             print(f"{k}: {v}")
         return 0
-    path = condense.run_condense_config(args.config, overrides=args.set or [])
+    import yaml
+    from pydantic import ValidationError
+
+    from featdistill.config import ConfigError, apply_overrides
+
+    p = Path(args.config)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        raw = apply_overrides(yaml.safe_load(p.read_text()) or {}, args.set or [])
+        path = condense.run_condense_config(raw)
+    except (ValueError, ValidationError, yaml.YAMLError) as err:  # bad values: one message, no traceback
+        raise ConfigError(f"{p}: {err}") from None
     print(f"synthetic set written: {path}")
     return 0
 

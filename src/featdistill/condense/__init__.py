@@ -2,6 +2,7 @@
 honest evaluation protocol. See ``docs/condense.md``."""
 
 from .augment import DSA, DSAParams, default_strategy, flip_pairs
+from .config import CondenseConfig, run_condense_config, run_condense_eval
 from .core import CONDENSERS, METHODS, condense, datadam_loss, dc_loss, dm_loss, soft_labels
 from .evaluate import EvalProtocol, evaluate, robust_score
 from .mtt import ExpertBuffer, train_experts
@@ -10,6 +11,9 @@ from .synthetic import SyntheticSet
 
 __all__ = [
     "CONDENSERS",
+    "CondenseConfig",
+    "run_condense_config",
+    "run_condense_eval",
     "DSA",
     "DSAParams",
     "EvalProtocol",
