@@ -114,3 +114,24 @@ def test_at_uses_all_stages():
     d = Distiller(student, build_method("at"), teacher)
     _, losses = d(_batch())
     assert set(losses) == {"ce", "at"} and float(losses["at"].detach()) > 0
+
+
+def test_compose_sums_recipes_with_their_own_weights():
+    teacher, student = _models()
+    method = build_method(
+        "compose",
+        parts=[{"name": "kd", "params": {"temperature": 2.0}, "weights": {"kd": 0.5}}, {"name": "at"}],
+    )
+    d = Distiller(student, method, teacher, ce_weight=1.0)
+    d.eval()
+    b = _batch()
+    logits, losses = d(b)
+    assert set(losses) == {"ce", "kd", "at"}
+    with torch.no_grad():
+        t = teacher(b["input"])
+    assert torch.allclose(losses["kd"], 0.5 * kd_loss(logits, t, 2.0), atol=1e-6)
+    alone = Distiller(student, build_method("at"), teacher)
+    alone.eval()
+    assert torch.allclose(alone(b)[1]["at"], losses["at"], atol=1e-6)  # AT keeps its default weight 1000
+    with pytest.raises(ValueError, match="unknown part"):
+        build_method("compose", parts=[{"name": "nope"}])
