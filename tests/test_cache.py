@@ -406,7 +406,8 @@ def test_cached_teacher_drives_distiller_like_live_teacher(full_store, teacher, 
     assert l_live.keys() == l_cached.keys() == {"ce", "kd"}
     assert_close(l_cached["kd"], l_live["kd"], rtol=5e-3, atol=1e-4)
     assert_close(l_cached["ce"], l_live["ce"])
-    assert cached.views_served >= 12
+    assert d_cached.teacher.views_served >= 12  # the Distiller narrowed the source to the method's taps
+    assert d_cached.teacher.names == {"logits"} and cached.names == {"logits", "embedding"}
 
 
 def test_topk_cached_teacher_kd_close_to_live(topk_store, teacher, data):

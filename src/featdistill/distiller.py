@@ -68,6 +68,9 @@ class Distiller(nn.Module):
                         f"source does not provide (it has {sorted(source.tap_names)}); rebuild the store with "
                         "those taps or use the live teacher"
                     )
+                narrow = getattr(source, "only", None)  # optional: serve just what the method reads
+                if callable(narrow):
+                    source = narrow(set(t_taps))
         # Not registered as a submodule on purpose (see module docstring).
         object.__setattr__(self, "teacher", source)
         self._student_taps = Taps(student, {"logits": TapSpec(""), **self.method.student_taps()})
