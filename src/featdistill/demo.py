@@ -63,9 +63,10 @@ def demo_configs(
         "log_every": 10,
     }
     teacher_ckpt = str(out_dir / "teacher" / "student.safetensors")
+    depth = 3 if dataset == "mnist5k" else 2  # a third pooling stage would shrink 8×8 digits to 1×1
     arch = {
-        "teacher": {"model": "convnet", "kwargs": {**_ARCH["teacher"]["kwargs"], "width": teacher_width}},
-        "student": {"model": "convnet", "kwargs": {**_ARCH["student"]["kwargs"], "width": student_width}},
+        role: {"model": "convnet", "kwargs": {**_ARCH[role]["kwargs"], "width": w, "depth": depth}}
+        for role, w in (("teacher", teacher_width), ("student", student_width))
     }
     teacher = {**arch["teacher"], "checkpoint": teacher_ckpt}
     raw: dict[str, dict[str, Any]] = {
@@ -137,7 +138,7 @@ def run_demo(
             {
                 "step": name,
                 "method": cfg.method.name,
-                "model": f"{cfg.student.model}(width={cfg.student.kwargs.get('width')})",
+                "model": f"{cfg.student.model} w{cfg.student.kwargs.get('width')}",
                 "test_top1": round(res.test_top1, 4),
                 "val_top1": None if res.val_top1 is None else round(float(res.val_top1), 4),
                 "params": count_parameters(model),
