@@ -113,3 +113,26 @@ def test_condense_cli_with_overrides_and_bad_value(tmp_path, capsys):
     assert main(["condense", str(p), "--set", "ipc=100000"]) == 2
     err = capsys.readouterr().err
     assert "ipc" in err and "Traceback" not in err
+
+
+def test_torchrun_two_processes_through_the_cli(tmp_path):
+    """`torchrun --nproc_per_node 2 -m featdistill.cli train CONFIG` (gloo on CPU): one run dir, world size 2."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
+        pytest.skip("torchrun is not installed")
+    cfg = _write(tmp_path, {**BASE, "run_dir": str(tmp_path / "run"), "train": {**BASE["train"], "epochs": 1}})
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    out = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "featdistill.cli", "train", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("run directory:") == 1  # only rank 0 reports
+    settings = json.loads((tmp_path / "run" / "train_settings.json").read_text())
+    assert settings["resolved"]["world_size"] == 2
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["test_top1"] > 0.3

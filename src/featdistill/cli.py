@@ -49,11 +49,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set or [])
     if args.run_dir:
         cfg = cfg.model_copy(update={"run_dir": args.run_dir})
-    res = run_experiment(cfg, resume=args.resume)
-    print(f"run directory: {res.run_dir}")
-    print(
-        f"test top-1 (last epoch): {res.test_top1:.4f}   validation (last/best): {res.val_top1} / {res.best_val_top1}"
-    )
+    from featdistill.train.distributed import cleanup_distributed
+
+    try:
+        res = run_experiment(cfg, resume=args.resume)
+    finally:
+        cleanup_distributed()  # under torchrun: leave the process group cleanly
+    if os.environ.get("RANK", "0") == "0":  # one report per job, not one per process
+        print(f"run directory: {res.run_dir}")
+        print(
+            f"test top-1 (last epoch): {res.test_top1:.4f}   validation (last/best): "
+            f"{res.val_top1} / {res.best_val_top1}"
+        )
     return 0
 
 
