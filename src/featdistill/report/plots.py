@@ -41,8 +41,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         x = float(r.get("epoch", r.get("step", 0)))
         for k, v in (r.get("losses") or {}).items():
             losses[k].append((x, float(v)))
-        if "loss" in r:
-            losses["total"].append((x, float(r["loss"])))
+        if "total" in r:  # the weighted sum the optimiser minimised
+            losses["total"].append((x, float(r["total"])))
     if losses:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, pts in sorted(losses.items()):
@@ -66,9 +66,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             pts = [(r.get("epoch", 0), (r.get("metrics") or r)[k]) for r in evals if k in (r.get("metrics") or r)]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel("accuracy on the evaluation split")
         ax.legend(fontsize=8)
-        ax.set_title("evaluation accuracy")
+        ax.set_title("validation accuracy per epoch (reports use the last epoch)")
         fig.tight_layout()
         path = run_dir / "accuracy.png"
         fig.savefig(path, dpi=110)
