@@ -51,7 +51,6 @@ def test_config_validates_and_builds_method(path):
     assert method.name == m.name and set(m.weights) <= set(method.weights)
 
 
-@pytest.mark.slow  # CIFAR-size teachers on CPU: ~5 min for all 30 (run with -m slow)
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_runs_two_steps(path, cifar_fixture):
     cfg = load_config(path)
