@@ -113,7 +113,10 @@ def cmd_condense(args: argparse.Namespace) -> int:
     if args.config == "eval":
         if not args.rest:
             raise FileNotFoundError("usage: featdistill condense eval SYNTHETIC.safetensors [--dataset NAME]")
-        res = condense.run_condense_eval(args.rest[0], dataset=args.dataset, num_nets=args.nets, epochs=args.epochs)
+        store = None if args.label_store == "none" else args.label_store
+        res = condense.run_condense_eval(
+            args.rest[0], dataset=args.dataset, label_store=store, num_nets=args.nets, epochs=args.epochs
+        )
         for k, v in res.items():
             print(f"{k}: {v}")
         return 0
@@ -210,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default="mnist5k")
     s.add_argument("--nets", type=int, default=3)
     s.add_argument("--epochs", type=int, default=300)
+    s.add_argument(
+        "--label-store",
+        default="auto",
+        metavar="DIR|auto|none",
+        help="eval: teacher store of per-view soft labels (auto: the one recorded in the set, if present)",
+    )
     s.set_defaults(func=cmd_condense)
 
     s = sub.add_parser("search", help="rank candidate students for a teacher without training them (DisWOT)")

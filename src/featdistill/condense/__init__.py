@@ -7,6 +7,7 @@ from .core import CONDENSERS, METHODS, condense, datadam_loss, dc_loss, dm_loss,
 from .evaluate import EvalProtocol, evaluate, robust_score
 from .mtt import ExpertBuffer, train_experts
 from .real import RealData, as_real_data
+from .relabel import ViewLabels, build_label_store, open_view_labels, relabel
 from .synthetic import SyntheticSet
 
 __all__ = [
@@ -21,7 +22,9 @@ __all__ = [
     "METHODS",
     "RealData",
     "SyntheticSet",
+    "ViewLabels",
     "as_real_data",
+    "build_label_store",
     "condense",
     "datadam_loss",
     "dc_loss",
@@ -29,6 +32,8 @@ __all__ = [
     "dm_loss",
     "evaluate",
     "flip_pairs",
+    "open_view_labels",
+    "relabel",
     "robust_score",
     "soft_labels",
     "train_experts",

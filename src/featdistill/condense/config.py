@@ -12,23 +12,61 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .core import METHODS, condense
 from .evaluate import EvalProtocol, evaluate
+from .relabel import ViewLabels, build_label_store, default_label_views, open_view_labels, relabel
 from .synthetic import SyntheticSet
 
-__all__ = ["CondenseConfig", "TeacherConfig", "EvalConfig", "run_condense_config", "run_condense_eval"]
+__all__ = [
+    "CondenseConfig",
+    "TeacherConfig",
+    "LabelStoreConfig",
+    "EvalConfig",
+    "run_condense_config",
+    "run_condense_eval",
+]
+
+
+class LabelStoreConfig(BaseModel):
+    """Per-view soft labels kept in a teacher store (see :mod:`featdistill.condense.relabel`).
+
+    When ``dir`` holds a store valid for the synthetic images (or, for a random/herding set, a store over the
+    training set built by ``featdistill cache``) it is used and no teacher is built; otherwise the teacher
+    builds it there. A store built for anything else is refused with the reason.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    dir: str
+    num_views: int = Field(default=8, ge=1, description="V stored views per image (a present store needs ≥ V)")
+    pad_crop: int | None = Field(default=None, ge=0, description="None → 1/8 of the image side")
+    flip: bool | None = Field(default=None, description="None → on, except for digit datasets")
+    resized_crop: tuple[float, float] | None = None
+    seed: int = 0
+    topk: int | None = Field(default=None, ge=1)
 
 
 class TeacherConfig(BaseModel):
-    """A zoo model + checkpoint whose softened predictions become the synthetic labels."""
+    """A zoo model + checkpoint whose softened predictions become the synthetic labels, optionally through a
+    teacher store of augmented views (``store``); with a present store the model is not needed."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str
-    checkpoint: str = Field(description="safetensors (or torch state-dict) file of the teacher's weights")
+    model: str | None = None
+    checkpoint: str | None = Field(
+        default=None, description="safetensors (or torch state-dict) file of the teacher's weights"
+    )
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    temperature: float = 1.0
+    temperature: float = Field(default=1.0, gt=0)
+    store: LabelStoreConfig | None = None
+
+    @model_validator(mode="after")
+    def _teacher_or_store(self) -> TeacherConfig:
+        if (self.model is None) != (self.checkpoint is None):
+            raise ValueError("soft_label_teacher needs both model and checkpoint (or neither, with a store)")
+        if self.model is None and self.store is None:
+            raise ValueError("soft_label_teacher needs model + checkpoint, or store.dir holding a teacher store")
+        return self
 
 
 class EvalConfig(BaseModel):
@@ -125,6 +163,44 @@ def _load_teacher(t: TeacherConfig, num_classes: int, in_channels: int, image_si
     return model.eval()
 
 
+def _store_labels(
+    syn: SyntheticSet, st: TeacherConfig, teacher: torch.nn.Module | None, train: Any, device: str
+) -> ViewLabels:
+    """Use the store at ``st.store.dir`` when it is there (refusing a stale one), else build it with the teacher."""
+    from dataclasses import replace
+
+    from featdistill.cache.format import MANIFEST
+
+    sc = st.store
+    assert sc is not None
+    root = Path(sc.dir)
+    overrides: dict[str, Any] = {k: v for k, v in (("pad_crop", sc.pad_crop), ("flip", sc.flip)) if v is not None}
+    if sc.resized_crop is not None:
+        overrides["resized_crop"] = tuple(sc.resized_crop)
+    views = replace(default_label_views(syn), **overrides)
+    expect: dict[str, Any] = {"num_views": sc.num_views}
+    if overrides:  # asked-for views must be the stored ones; unspecified views accept what the store has
+        expect["augmentation"] = views.config_hash()
+    if not (root / MANIFEST).exists():
+        if teacher is None:
+            raise ValueError(
+                f"soft_label_teacher.store.dir {str(root)!r} holds no teacher store, and no teacher "
+                "(soft_label_teacher.model + checkpoint) is given to build one"
+            )
+        build_label_store(
+            syn,
+            teacher,
+            root,
+            num_views=sc.num_views,
+            views=views,
+            seed=sc.seed,
+            topk=sc.topk,
+            model_name=st.model,
+            device=device,
+        )
+    return open_view_labels(root, syn, train, st.temperature, teacher, expect=expect)
+
+
 def run_condense_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> Path:
     """Run one condensation from a config (object, dict or YAML path); returns the ``.safetensors`` path.
 
@@ -135,10 +211,11 @@ def run_condense_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> Pa
 
     c = _load_config(cfg)
     train, test = load_dataset(c.dataset, c.data_root)
+    st = c.soft_label_teacher
     teacher = None
-    if c.soft_label_teacher is not None:
+    if st is not None and st.model is not None:
         ch, h, w = train.images.shape[1:]
-        teacher = _load_teacher(c.soft_label_teacher, len(train.classes), int(ch), int(max(h, w)))
+        teacher = _load_teacher(st, len(train.classes), int(ch), int(max(h, w)))
     syn = condense(
         train,
         c.ipc,
@@ -154,12 +231,16 @@ def run_condense_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> Pa
         dsa=c.dsa,
         dsa_strategy=c.dsa_strategy,
         fyi=c.fyi,
-        soft_label_teacher=teacher,
-        soft_label_temperature=c.soft_label_teacher.temperature if c.soft_label_teacher else 1.0,
+        soft_label_teacher=teacher if st is not None and st.store is None else None,
+        soft_label_temperature=st.temperature if st is not None else 1.0,
         budget_s=c.budget_s,
         device=c.device,
         **c.method_kwargs,
     )
+    views = None
+    if st is not None and st.store is not None:
+        views = _store_labels(syn, st, teacher, train, c.device)
+        syn = relabel(syn, views)
     syn.metadata["config"] = c.model_dump()
     out = Path(c.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +254,7 @@ def run_condense_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> Pa
         kw["backbone_kwargs"] = kw["backbone_kwargs"] if kw["backbone_kwargs"] is not None else c.backbone_kwargs
         kw["baselines"] = tuple(kw["baselines"])
         kw["lr_grid"] = tuple(kw["lr_grid"]) if kw["lr_grid"] else None
-        report = evaluate(syn, test, EvalProtocol(device=c.device, **kw), train_set=train)
+        report = evaluate(syn, test, EvalProtocol(device=c.device, **kw), train_set=train, label_store=views)
         (out / "eval.json").write_text(json.dumps(report, indent=2, default=str))
     return path
 
@@ -183,12 +264,15 @@ def run_condense_eval(
     dataset: str,
     data_root: str | None = None,
     out: str | Path | None = None,
+    label_store: str | Path | None = "auto",
     **protocol_kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate a saved synthetic set on ``dataset``'s test split (baselines from its train split).
 
     ``protocol_kwargs`` are :class:`EvalProtocol` fields (validated through :class:`EvalConfig`); the
-    backbone defaults to the one the set was condensed with. Writes the report to ``out`` if given.
+    backbone defaults to the one the set was condensed with. ``label_store``: ``"auto"`` uses the teacher store
+    recorded in the set's ``soft_labels`` metadata when it is present on disk (else the set's own labels, with
+    a note), a path uses that store, ``None`` never uses one. Writes the report to ``out`` if given.
     """
     from featdistill.data.datasets import load_dataset
 
@@ -203,7 +287,17 @@ def run_condense_eval(
     kw["baselines"] = tuple(kw["baselines"])
     kw["lr_grid"] = tuple(kw["lr_grid"]) if kw["lr_grid"] else None
     train, test = load_dataset(dataset, data_root)
-    report = evaluate(syn, test, EvalProtocol(device=device, **kw), train_set=train)
+    note = None
+    if label_store == "auto":
+        from featdistill.cache.format import MANIFEST
+
+        recorded = (syn.metadata.get("soft_labels") or {}).get("store")
+        label_store = recorded if recorded and (Path(recorded) / MANIFEST).exists() else None
+        if recorded and label_store is None:
+            note = f"label store {recorded} recorded in the set is absent: trained on the set's own (static) labels"
+    report = evaluate(syn, test, EvalProtocol(device=device, **kw), train_set=train, label_store=label_store)
+    if note:
+        report["notes"].append(note)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=2, default=str))

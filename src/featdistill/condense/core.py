@@ -491,15 +491,17 @@ METHODS = ("random", "herding", *CONDENSERS)
 
 
 # ---------------------------------------------------------------------------------------------- condense
-def _initial_images(ctx: CondenseContext, init: str) -> Tensor:
+def _initial_images(ctx: CondenseContext, init: str) -> tuple[Tensor, Tensor | None]:
     """Class-major initial synthetic images: ``real`` (random real), ``noise`` (N(0,1) in normalised space),
-    ``herding`` / ``representative`` (real images chosen on random-network embeddings)."""
+    ``herding`` / ``representative`` (real images chosen on random-network embeddings), with the indices of
+    the real images taken (``None`` for noise) — a coreset's provenance, used to find its teacher labels."""
     real, ipc, g = ctx.real, ctx.ipc, ctx.generator
     c, h, w = real.shape
     if init == "noise":
-        return torch.randn(real.num_classes * ipc, c, h, w, generator=g).to(ctx.device)
+        return torch.randn(real.num_classes * ipc, c, h, w, generator=g).to(ctx.device), None
     if init == "real":
-        return ctx.real_images[random_indices(real.class_indices, ipc, g).to(ctx.device)].clone()
+        idx = random_indices(real.class_indices, ipc, g)
+        return ctx.real_images[idx.to(ctx.device)].clone(), idx
     if init in ("herding", "representative"):
         ctx.fresh_net(trainable=False)
         picks = []
@@ -507,7 +509,8 @@ def _initial_images(ctx: CondenseContext, init: str) -> Tensor:
             feats = ctx.embeddings(ctx.real_images[idx.to(ctx.device)]).cpu()
             pos = herding_order(feats, ipc) if init == "herding" else kmeans_representatives(feats, ipc, g)
             picks.append(idx[pos])
-        return ctx.real_images[torch.cat(picks).to(ctx.device)].clone()
+        idx = torch.cat(picks)
+        return ctx.real_images[idx.to(ctx.device)].clone(), idx
     raise ValueError(f"unknown init {init!r}; use 'real', 'noise', 'herding' or 'representative'")
 
 
@@ -598,11 +601,12 @@ def condense(
     if cls is None:
         if method_kwargs:
             raise TypeError(f"method {method!r} takes no options; got {sorted(method_kwargs)}")
-        images = _initial_images(ctx, init)
+        images, source = _initial_images(ctx, init)
         extra: dict[str, Any] = {}
         lr_out = None
     else:
-        images = _initial_images(ctx, init)
+        images, source = _initial_images(ctx, init)
+        source = None  # the images are optimised away from the real ones they started as
         syn = images.detach().clone().requires_grad_(True)
         condenser = cls(ctx, **method_kwargs)
         opt_img = torch.optim.SGD([syn], lr=lr_img, momentum=momentum_img)
@@ -650,6 +654,8 @@ def condense(
         "loss_curve": _downsample(losses, 200),
         "torch": torch.__version__,
     }
+    if source is not None:
+        meta["source_indices"] = source.tolist()
     images = images.cpu()
     if soft_label_teacher is not None:
         labels = soft_labels(soft_label_teacher, images, soft_label_temperature, device)

@@ -22,7 +22,8 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from .coreset import herding_order, random_indices
 from .nets import embed, make_backbone_factory, reinit_
 from .real import RealData, as_real_data
 from .synthetic import SyntheticSet
+
+if TYPE_CHECKING:
+    from .relabel import ViewLabels
 
 __all__ = ["EvalProtocol", "evaluate", "train_on", "test_accuracy", "robust_score"]
 
@@ -113,18 +117,21 @@ def train_on(
     lr: float,
     protocol: EvalProtocol,
     dsa: DSA | None,
+    views: ViewLabels | None = None,
 ) -> nn.Module:
     """Train a network freshly initialised from ``seed`` on ``(images, labels)`` (hard or soft labels).
 
     Weights, batch order and augmentation all come from one generator seeded with ``seed``, so network ``i``
-    is the same network for the synthetic set and for each baseline.
+    is the same network for the synthetic set and for each baseline. With ``views`` (store-backed labels)
+    every sample of a batch gets a stored view drawn from that generator and is trained on exactly that
+    view's pixels and teacher label; ``images``/``labels``/``dsa`` are then not used for the inputs
+    (augmenting a stored view again would break the pairing the store exists for).
     """
     device = torch.device(protocol.device)
     g = torch.Generator().manual_seed(int(seed))
     net = reinit_(factory(), g).to(device).train()
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     x_all, y_all = images.to(device), labels.to(device)
-    soft = y_all.dim() == 2
     decay_epoch = int(epochs * protocol.decay_at)
     n = x_all.shape[0]
     for epoch in range(epochs):
@@ -134,12 +141,15 @@ def train_on(
         perm = torch.randperm(n, generator=g).to(device)
         for s in range(0, n, protocol.batch_size):
             idx = perm[s : s + protocol.batch_size]
-            x = x_all[idx]
-            if dsa is not None:
-                x = dsa(x, g, per_sample=True)
+            if views is not None:
+                view_ids = torch.randint(views.num_views, (idx.numel(),), generator=g)
+                x, y = views.batch(idx, view_ids, device)
+            else:
+                x, y = x_all[idx], y_all[idx]
+                if dsa is not None:
+                    x = dsa(x, g, per_sample=True)
             out = net(x)
-            y = y_all[idx]
-            loss = -(y * F.log_softmax(out, 1)).sum(1).mean() if soft else F.cross_entropy(out, y)
+            loss = -(y * F.log_softmax(out, 1)).sum(1).mean() if y.dim() == 2 else F.cross_entropy(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -168,6 +178,7 @@ def evaluate(
     protocol: EvalProtocol | None = None,
     train_set: Any = None,
     cache: dict[Any, Any] | None = None,
+    label_store: ViewLabels | str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``protocol.num_nets`` fresh networks (seeds ``0..N-1``) on ``synthetic``; report last-epoch test
     accuracy mean ± std, the baselines and the robust scores.
@@ -176,6 +187,12 @@ def evaluate(
     the validation split of the lr grid; without it those parts are reported as skipped. ``cache`` (any
     dict, reused across calls) keeps baseline and full-data results keyed by the protocol, the data and the
     IPC, so a table of methods trains each baseline network once.
+
+    ``label_store`` (a :class:`~featdistill.condense.relabel.ViewLabels` or a store path, see
+    :mod:`featdistill.condense.relabel`) trains the synthetic networks on stored teacher labels of augmented
+    views (FKD/SRe2L style) instead of DSA + the set's own labels; no teacher runs here. Baselines keep hard
+    labels, so ``ior`` measures what the synthetic images *and* their stored labels add over random real
+    images.
     """
     t0 = time.perf_counter()
     p = protocol or EvalProtocol()
@@ -188,6 +205,7 @@ def evaluate(
     x_test, y_test = _normalised(test_set, synthetic.mean, synthetic.std)
     seeds = list(range(p.num_nets))
     real = as_real_data(train_set) if train_set is not None else None
+    views = _view_labels(label_store, synthetic, train_set)
     memo: dict[Any, Any] = cache if cache is not None else {}
     fingerprint = (
         # only the fields that change how a baseline network is trained (aug is part of each key)
@@ -212,11 +230,12 @@ def evaluate(
         lr: float,
         seed_list: Sequence[int] = seeds,
         per_seed_images: Callable[[int], tuple[Tensor, Tensor]] | None = None,
+        stored_views: ViewLabels | None = None,
     ) -> list[float]:
         accs = []
         for s in seed_list:
             xi, yi = per_seed_images(s) if per_seed_images else (images, labels)
-            net = train_on(xi, yi, factory, s, p.epochs, lr, p, dsa_on if aug else None)
+            net = train_on(xi, yi, factory, s, p.epochs, lr, p, dsa_on if aug else None, stored_views)
             accs.append(test_accuracy(net, x_test, y_test, p.device))
         return accs
 
@@ -244,6 +263,7 @@ def evaluate(
                     cand,
                     p,
                     dsa_on if p.dsa else None,
+                    views,
                 )
                 scores[cand] = test_accuracy(net, xv, yv, p.device)
             lr = max(scores, key=lambda c_: scores[c_])
@@ -254,13 +274,14 @@ def evaluate(
         "method": synthetic.metadata.get("method"),
         "dataset": dataset_name,
         "ipc": synthetic.ipc,
-        "soft_labels": synthetic.soft,
+        "soft_labels": synthetic.soft or views is not None,
+        "label_store": views.describe() if views is not None else None,
         "lr": lr,
         "lr_source": lr_source,
-        "dsa_strategy": strategy if p.dsa else None,
+        "dsa_strategy": strategy if p.dsa and views is None else None,
         "protocol": asdict(p),
     }
-    syn_accs = run(synthetic.images, synthetic.labels, p.dsa, lr)
+    syn_accs = run(synthetic.images, synthetic.labels, p.dsa, lr, stored_views=views)
     result["synthetic"] = _stats(syn_accs)
 
     # ---- baselines under the same seeds and protocol (hard labels, protocol lr)
@@ -316,15 +337,19 @@ def evaluate(
                 return float(np.mean(accs))
 
             acc_full = cached(("full", p.dsa), full_data)
-        hard_accs = syn_accs if not synthetic.soft else run(synthetic.images, synthetic.hard_labels, p.dsa, lr)
+        hard = not synthetic.soft and views is None
+        hard_accs = syn_accs if hard else run(synthetic.images, synthetic.hard_labels, p.dsa, lr)
         other = not p.dsa
-        syn_other = run(synthetic.images, synthetic.labels, other, lr)
+        if views is None:
+            syn_other = run(synthetic.images, synthetic.labels, other, lr)
+        else:  # stored views are the augmented run; un-augmented images take the view-averaged labels
+            syn_other = run(synthetic.images, views.mean_labels(), False, lr)
         rnd_other = cached(
             ("random", other, ipc),
             lambda: _stats(run(x_real, real.targets, other, p.lr, per_seed_images=random_subset)),
         )["accs"]
         rnd = baselines["random"]["accs"]
-        syn_aug, syn_noaug = (syn_accs, syn_other) if p.dsa else (syn_other, syn_accs)
+        syn_aug, syn_noaug = (syn_accs, syn_other) if p.dsa or views is not None else (syn_other, syn_accs)
         rnd_aug, rnd_noaug = (rnd, rnd_other) if p.dsa else (rnd_other, rnd)
         hlr = [acc_full - a for a in hard_accs]
         ior = [a - r for a, r in zip(syn_accs, rnd)]
@@ -351,3 +376,19 @@ def evaluate(
     result["notes"] = notes
     result["wall_s"] = time.perf_counter() - t0
     return result
+
+
+def _view_labels(label_store: Any, synthetic: SyntheticSet, train_set: Any) -> ViewLabels | None:
+    """Open ``label_store`` (a path) for ``synthetic``; a ``ViewLabels`` passes through after a size check."""
+    if label_store is None:
+        return None
+    from featdistill.data.base import ImageDataset
+
+    from .relabel import ViewLabels, open_view_labels
+
+    if isinstance(label_store, ViewLabels):
+        if len(label_store) != len(synthetic):
+            raise ValueError(f"label_store labels {len(label_store)} images; the synthetic set has {len(synthetic)}")
+        return label_store
+    real = train_set if isinstance(train_set, ImageDataset) else None
+    return open_view_labels(label_store, synthetic, train_set=real)
