@@ -225,3 +225,40 @@ def test_config_builds_the_store_then_uses_it_without_a_teacher(tmp_path) -> Non
         syn_path, "digits", label_store=None, num_nets=1, epochs=1, baselines=[], robust_scores=False
     )
     assert off["label_store"] is None and off["soft_labels"]
+
+
+def test_soft_labels_train_with_the_kd_loss_at_their_temperature() -> None:
+    """One-hot soft labels at T = 1 train exactly like hard labels; a recorded T is the one evaluate uses, and
+    one SGD step at T equals one step on ``kd_loss(z, teacher_logits, T)``."""
+    from featdistill.condense.evaluate import train_on
+    from featdistill.condense.nets import make_backbone_factory
+    from featdistill.losses.logits import kd_loss
+
+    train, test = _pixels(4, 0), _pixels(4, 1)
+    syn = condense(train, IPC, "random", seed=0)
+    factory = make_backbone_factory("convnet", K, 1, HW, NET_KW)
+    proto = EvalProtocol(batch_size=64)
+    one_hot = torch.nn.functional.one_hot(syn.labels, K).float()
+    a = train_on(syn.images, syn.labels, factory, 3, 2, 0.1, proto, None)
+    b = train_on(syn.images, one_hot, factory, 3, 2, 0.1, proto, None, temperature=1.0)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+    z_t = torch.randn(len(syn), K, generator=torch.Generator().manual_seed(0)) * 3
+    t = 4.0
+    stepped = train_on(syn.images, torch.softmax(z_t / t, 1), factory, 3, 1, 0.1, proto, None, temperature=t)
+    ref = factory()
+    from featdistill.condense.nets import reinit_
+
+    reinit_(ref, torch.Generator().manual_seed(3))
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(3)
+    reinit_(factory(), g)  # the generator state train_on has after drawing the weights
+    perm = torch.randperm(len(syn), generator=g)
+    kd_loss(ref(syn.images[perm]), z_t[perm], t).backward()
+    opt.step()
+    for p, q in zip(stepped.state_dict().values(), ref.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+    soft = syn.with_labels(torch.softmax(z_t / t, 1), soft_labels={"temperature": t})
+    rep = evaluate(soft, test, EvalProtocol(num_nets=1, epochs=1, backbone_kwargs=NET_KW, baselines=()))
+    assert rep["label_temperature"] == t

@@ -31,6 +31,7 @@ SUITE_MODULES: dict[str, str] = {
     "cache": "featdistill.cache.bench",
     "methods": "featdistill.methods.bench",
     "condense": "featdistill.condense.bench",
+    "condense-labels": "featdistill.condense.bench_labels",
 }
 
 
