@@ -262,3 +262,18 @@ def test_soft_labels_train_with_the_kd_loss_at_their_temperature() -> None:
     soft = syn.with_labels(torch.softmax(z_t / t, 1), soft_labels={"temperature": t})
     rep = evaluate(soft, test, EvalProtocol(num_nets=1, epochs=1, backbone_kwargs=NET_KW, baselines=()))
     assert rep["label_temperature"] == t
+
+
+def test_hard_view_ablation_serves_the_class_labels(tmp_path) -> None:
+    from dataclasses import replace
+
+    syn = _dm_set(_pixels(10, 0))
+    labels = open_view_labels(build_label_store(syn, BandOracle(shift=1), tmp_path / "s", num_views=2), syn)
+    hard = replace(labels, hard=True)
+    pos, vid = torch.arange(len(syn)), torch.ones(len(syn), dtype=torch.long)
+    (x_soft, y_soft), (x_hard, y_hard) = labels.batch(pos, vid), hard.batch(pos, vid)
+    assert torch.equal(x_soft, x_hard) and torch.equal(y_hard, syn.labels)
+    with torch.no_grad():  # the soft targets are the (shifted) teacher's, which disagree with the classes
+        assert torch.equal(y_soft.argmax(1), BandOracle(shift=1)(x_soft).argmax(1))
+    assert not torch.equal(y_soft.argmax(1), y_hard)
+    assert hard.describe()["labels"] == "class (hard)"

@@ -289,7 +289,7 @@ def evaluate(
         "method": synthetic.metadata.get("method"),
         "dataset": dataset_name,
         "ipc": synthetic.ipc,
-        "soft_labels": synthetic.soft or views is not None,
+        "soft_labels": synthetic.soft or (views is not None and not views.hard),
         "label_store": views.describe() if views is not None else None,
         "label_temperature": soft_t,
         "lr": lr,
@@ -359,7 +359,8 @@ def evaluate(
         if views is None:
             syn_other = run(synthetic.images, synthetic.labels, other, lr)
         else:  # stored views are the augmented run; un-augmented images take the view-averaged labels
-            syn_other = run(synthetic.images, views.mean_labels(), False, lr)
+            static = synthetic.hard_labels if views.hard else views.mean_labels()
+            syn_other = run(synthetic.images, static, False, lr)
         rnd_other = cached(
             ("random", other, ipc),
             lambda: _stats(run(x_real, real.targets, other, p.lr, per_seed_images=random_subset)),

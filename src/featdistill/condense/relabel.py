@@ -91,6 +91,8 @@ class ViewLabels:
         sample_ids: ``(N,)`` store sample id of each synthetic image, in the set's (class-major) order.
         temperature: targets are ``softmax(logits / T)`` of the stored logits.
         source: ``"synthetic"`` (a store over the synthetic images) or ``"real"`` (a training-set store).
+        hard: serve each view with its image's *class* instead of the teacher's label — the ablation that
+            separates what the stored views do from what the teacher's labels do.
     """
 
     store: TeacherStore
@@ -98,6 +100,7 @@ class ViewLabels:
     sample_ids: Tensor
     temperature: float = 1.0
     source: Literal["synthetic", "real"] = "synthetic"
+    hard: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -132,8 +135,9 @@ class ViewLabels:
         """Inputs (exactly the views the teacher labelled) and their soft targets for synthetic ``positions``."""
         positions = positions.cpu().long()
         view_ids = view_ids.cpu().long()
-        x = render_views(self.dataset, self.sample_ids[positions], view_ids, self._augmenter)
-        y = self.targets()[positions, view_ids]
+        sids = self.sample_ids[positions]
+        x = render_views(self.dataset, sids, view_ids, self._augmenter)
+        y = self.dataset.targets[sids] if self.hard else self.targets()[positions, view_ids]
         return x.to(device), y.to(device)
 
     def describe(self) -> dict[str, Any]:
@@ -144,6 +148,7 @@ class ViewLabels:
             "source": self.source,
             "views": self.num_views,
             "temperature": self.temperature,
+            "labels": "class (hard)" if self.hard else "teacher",
             "teacher": m["teacher"]["model_name"],
             "teacher_sha256": m["teacher"]["sha256"],
             "augmentation": m["augmentation"]["config"],
