@@ -136,3 +136,24 @@ def test_torchrun_two_processes_through_the_cli(tmp_path):
     settings = json.loads((tmp_path / "run" / "train_settings.json").read_text())
     assert settings["resolved"]["world_size"] == 2
     assert json.loads((tmp_path / "run" / "result.json").read_text())["test_top1"] > 0.3
+
+
+def test_every_config_reports_unknown_keys_the_same_way(tmp_path, capsys):
+    """Experiment, train, cache and condense configs share one formatter: key = value, unknown key, nearest."""
+    from featdistill.cache.config import build_store_from_config
+    from featdistill.train.config import TrainConfig, TrainConfigError
+
+    with pytest.raises(ConfigError, match=r"data.batch_sise = 3: unknown key; did you mean batch_size"):
+        parse_config({**BASE, "data": {**BASE["data"], "batch_sise": 3}})
+    with pytest.raises(TrainConfigError, match=r"train.epoch = 3: unknown key; did you mean epochs"):
+        TrainConfig.from_dict({"epoch": 3})
+    cache_cfg = _write(tmp_path, {**BASE, "teacher": {"model": "mlp"}, "cache": {"num_veiws": 4}})
+    with pytest.raises(ConfigError, match=r"cache.num_veiws = 4: unknown key; did you mean num_views"):
+        build_store_from_config(cache_cfg)
+    condense_cfg = tmp_path / "condense.yaml"
+    bad = {"dataset": "digits", "ipc": 1, "iterashuns": 2, "soft_label_teacher": {"store": {"dir": "x", "veiws": 2}}}
+    condense_cfg.write_text(yaml.safe_dump(bad))
+    assert main(["condense", str(condense_cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "iterashuns = 2: unknown key; did you mean iterations?" in err
+    assert "soft_label_teacher.store.veiws = 2: unknown key" in err and "Traceback" not in err

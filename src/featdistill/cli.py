@@ -124,6 +124,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from featdistill.config import ConfigError, apply_overrides
+    from featdistill.validation import format_validation_error
 
     p = Path(args.config)
     if not p.is_file():
@@ -131,7 +132,9 @@ def cmd_condense(args: argparse.Namespace) -> int:
     try:
         raw = apply_overrides(yaml.safe_load(p.read_text()) or {}, args.set or [])
         path = condense.run_condense_config(raw)
-    except (ValueError, ValidationError, yaml.YAMLError) as err:  # bad values: one message, no traceback
+    except ValidationError as err:  # one line per bad key, as for every other config
+        raise ConfigError(f"{p}: {format_validation_error(err, condense.CondenseConfig)}") from None
+    except (ValueError, yaml.YAMLError) as err:  # bad values: one message, no traceback
         raise ConfigError(f"{p}: {err}") from None
     print(f"synthetic set written: {path}")
     return 0

@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from featdistill.train.config import TrainConfig
+from featdistill.validation import format_validation_error
 
 __all__ = [
     "ConfigError",
@@ -177,35 +178,6 @@ class ExperimentConfig(_Strict):
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.experiment
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    lines = [f"invalid config ({err.error_count()} error(s)):"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            parent = ExperimentConfig
-            for part in e["loc"][:-1]:
-                field = getattr(parent, "model_fields", {}).get(str(part))
-                ann = getattr(field, "annotation", None)
-                parent = next(
-                    (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
-                    None,
-                )
-                if parent is None:
-                    break
-            keys = list(getattr(parent, "model_fields", {})) if parent is not None else []
-            close = difflib.get_close_matches(str(e["loc"][-1]), keys, n=2)
-            fix = f"did you mean {', '.join(close)}?" if close else f"valid keys here: {', '.join(keys)}"
-            lines.append(f"  {loc}: unknown key (value {e['input']!r}); {fix}")
-        elif e["type"] == "missing":
-            lines.append(f"  {loc}: required key is missing")
-        else:
-            value = e.get("input")
-            shown = "" if isinstance(value, Mapping) else f" = {value!r}"
-            lines.append(f"  {loc}{shown}: {msg}")
-    return "\n".join(lines)
-
-
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data
@@ -238,7 +210,7 @@ def parse_config(data: Mapping[str, Any]) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(dict(data))
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err)) from None
+        raise ConfigError(format_validation_error(err, ExperimentConfig)) from None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:

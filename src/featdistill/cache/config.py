@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from featdistill.validation import format_validation_error
+
 __all__ = ["CacheSection", "build_store_from_config"]
 
 
@@ -71,14 +73,9 @@ def build_store_from_config(path: str | Path, overrides: Sequence[str] = ()) -> 
     try:
         cc = CacheSection.model_validate(section)
     except ValidationError as err:
-        lines = [f"invalid cache section ({err.error_count()} error(s)):"]
-        for e in err.errors():
-            loc = "cache." + ".".join(str(x) for x in e["loc"])
-            if e["type"] == "extra_forbidden":
-                lines.append(f"  {loc}: unknown key; valid keys: {', '.join(CacheSection.model_fields)}")
-            else:
-                lines.append(f"  {loc} = {e.get('input')!r}: {e['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(
+            format_validation_error(err, CacheSection, prefix="cache", title="invalid cache section")
+        ) from None
     teacher_raw = raw.get("teacher")
     if not isinstance(teacher_raw, Mapping):
         raise ConfigError(f"{p}: a teacher store needs a `teacher:` section (model, kwargs, checkpoint)")

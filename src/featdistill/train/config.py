@@ -18,6 +18,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
+from featdistill.validation import format_validation_error
+
 __all__ = [
     "TrainConfig",
     "TrainConfigError",
@@ -132,27 +134,9 @@ class TrainConfig(BaseModel):
 
 
 def format_config_error(err: ValidationError, *, prefix: str = "train") -> str:
-    """One readable line per error: ``train.lr = -1.0: Input should be greater than 0``.
-
-    Pydantic's default text is accurate but noisy (URLs, type tags); users need key, value and fix.
-    """
-    fields = TrainConfig.model_fields
-    lines = [f"invalid {prefix} config ({err.error_count()} error(s)):"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        key = f"{prefix}.{loc}" if loc else prefix
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            import difflib
-
-            close = difflib.get_close_matches(str(e["loc"][-1]), list(fields), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(fields)}"
-            lines.append(f"  {key} = {e['input']!r}: unknown key{hint}")
-        elif loc:
-            lines.append(f"  {key} = {e['input']!r}: {msg}")
-        else:
-            lines.append(f"  {key}: {msg}")
-    return "\n".join(lines)
+    """One readable line per error: ``train.lr = -1.0: Input should be greater than 0`` (see
+    :func:`featdistill.validation.format_validation_error`)."""
+    return format_validation_error(err, TrainConfig, prefix=prefix)
 
 
 # ---------------------------------------------------------------------------------------------------------
