@@ -67,13 +67,7 @@ def make_teacher(seed: int = 0) -> torch.nn.Module:
 AUG = Augmenter(ViewConfig(pad_crop=2, flip=True), seed=7)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions: one thread is ~10× faster than two on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -40,13 +40,7 @@ K, IPC, HW = 3, 2, 8
 NET_KW = {"width": 8, "depth": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: OpenMP threads only add spin-wait on a shared 2-core machine (10× slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n_per_class: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

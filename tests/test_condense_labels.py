@@ -33,12 +33,7 @@ NET_KW = {"width": 8, "depth": 2}
 DM_TINY = {"iterations": 3, "batch_real": 6}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pixels(n_per_class: int, seed: int) -> ImageDataset:

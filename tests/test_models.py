@@ -36,13 +36,7 @@ PARAMS_M = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Batch-2 forwards gain nothing from intra-op threads; on a shared 2-core box they only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # A small ViT keeps the shape tests fast; the default (DeiT-Ti) is exercised once in the masking test.
