@@ -424,3 +424,22 @@ def test_config_roundtrip_through_run_functions(tmp_path) -> None:
         CondenseConfig.model_validate({**cfg, "method": "kip"})
     with pytest.raises(ValueError, match="extra"):
         CondenseConfig.model_validate({**cfg, "iterashuns": 3})
+
+
+def test_eval_config_mirrors_the_protocol() -> None:
+    """EvalConfig (YAML) and EvalProtocol (Python) must not drift: same fields, same defaults, except the
+    backbone, which the config leaves to the condensation run (None) and device, which the run sets."""
+    import dataclasses
+
+    from featdistill.condense.config import EvalConfig
+
+    proto = {f.name: f for f in dataclasses.fields(EvalProtocol)}
+    assert set(EvalConfig.model_fields) == set(proto) - {"device"}
+    defaults = EvalProtocol()
+    for name, field in EvalConfig.model_fields.items():
+        if name in ("backbone", "backbone_kwargs"):
+            assert field.default is None
+            continue
+        want = getattr(defaults, name)
+        got = field.get_default(call_default_factory=True)
+        assert (tuple(got) if isinstance(got, list) else got) == want, name

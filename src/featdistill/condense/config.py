@@ -147,20 +147,15 @@ def _load_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> CondenseC
 
 
 def _load_teacher(t: TeacherConfig, num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
+    """The zoo teacher with its checkpoint, loaded as ``featdistill train`` loads one (safe formats only)."""
     from featdistill.models import build_model
+    from featdistill.run import load_weights
 
+    assert t.model is not None and t.checkpoint is not None
     model = build_model(
         t.model, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **t.model_kwargs
     )
-    path = Path(t.checkpoint)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
+    return load_weights(model, t.checkpoint).eval()
 
 
 def _store_labels(
