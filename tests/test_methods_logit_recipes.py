@@ -203,3 +203,24 @@ def test_collaborative_trains_both_and_exports_student_only():
     z = s(make_batch()["input"])
     out = m({"logits": z}, {}, make_batch(), 0.0)
     assert float(out["kl"].detach()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_param_groups_partition_the_trainable_parameters():
+    s, t = TinyNet(4), TinyNet(8)
+    d = Distiller(s, build_method("mealv2", disc_lr_scale=0.05), t)
+    d.prepare(make_batch())
+    groups = d.param_groups()
+    assert [g["name"] for g in groups] == ["main", "disc"] and groups[1]["lr_scale"] == 0.05
+    flat = [p for g in groups for p in g["params"]]
+    assert sorted(map(id, flat)) == sorted(map(id, d.trainable_parameters()))
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in d.method.adapters["disc"].parameters()}
+    # no discriminator → one group; inside compose the part's scale still applies
+    off = Distiller(TinyNet(4), build_method("mealv2", discriminator=False), t)
+    off.prepare(make_batch())
+    assert [g["name"] for g in off.param_groups()] == ["main"]
+    both = Distiller(TinyNet(4), build_method("compose", parts=[{"name": "kd"}, {"name": "mealv2"}]), t)
+    both.prepare(make_batch())
+    names = [g["name"] for g in both.param_groups()]
+    assert names[0] == "main" and len(names) == 2 and names[1].endswith("disc")
+    with pytest.raises(ValueError, match="disc_lr_scale"):
+        build_method("mealv2", disc_lr_scale=0.0)

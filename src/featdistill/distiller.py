@@ -147,6 +147,26 @@ class Distiller(nn.Module):
         """Student and adapter parameters (what the optimiser updates)."""
         return (p for p in self.parameters() if p.requires_grad)
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups: ``main`` (everything, at the base lr) plus one group per adapter a method scales
+        (:attr:`Method.lr_scales`, also inside ``compose``), each with its ``lr_scale``. The groups partition
+        :meth:`trainable_parameters` in its order, so a checkpoint's optimiser state keeps fitting."""
+        scaled: dict[int, tuple[str, float]] = {}
+        for prefix, module in self.method.named_modules():
+            if not isinstance(module, Method):
+                continue
+            for key, scale in module.lr_scales.items():
+                if key not in module.adapters:
+                    continue  # not built (e.g. disabled by an option)
+                name = f"{prefix}.{key}" if prefix else key
+                for p in module.adapters[key].parameters():
+                    scaled[id(p)] = (name, float(scale))
+        groups: dict[str, dict[str, Any]] = {"main": {"name": "main", "lr_scale": 1.0, "params": []}}
+        for p in self.trainable_parameters():
+            name, scale = scaled.get(id(p), ("main", 1.0))
+            groups.setdefault(name, {"name": name, "lr_scale": scale, "params": []})["params"].append(p)
+        return [g for g in groups.values() if g["params"]]
+
     def export_student(self) -> nn.Module:
         """The student alone, without adapters or auxiliary heads (what ships)."""
         return self.student

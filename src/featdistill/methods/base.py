@@ -34,6 +34,9 @@ class Method(nn.Module):
     default_weights: ClassVar[dict[str, Any]] = {}
     #: the cross-entropy weight this method's reference recipe uses (the Distiller's default)
     default_ce_weight: ClassVar[float] = 1.0
+    #: adapter key → learning-rate multiplier for a separate optimiser group (e.g. MEAL V2's discriminator,
+    #: trained at 1e-4 while the student starts at 1e-2); set per instance in ``__init__``
+    lr_scales: dict[str, float]
 
     def __init__(self, weights: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -46,6 +49,7 @@ class Method(nn.Module):
         merged = {**self.default_weights, **dict(weights or {})}
         self.weights: dict[str, Schedule] = {k: Schedule.parse(v) for k, v in merged.items()}
         self.adapters = nn.ModuleDict()
+        self.lr_scales = {}
 
     # -- wiring -----------------------------------------------------------------------------------------
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:

@@ -80,9 +80,15 @@ class MEALV2(Method):
     default_weights = {"kl": 1.0, "disc": 1.0}
     default_ce_weight = 0.0
 
-    def __init__(self, discriminator: bool = True, weights: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, discriminator: bool = True, disc_lr_scale: float = 0.01, weights: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(weights)
         self.use_disc = discriminator
+        if disc_lr_scale <= 0:
+            raise ValueError(f"disc_lr_scale must be > 0, got {disc_lr_scale}")
+        # the official recipe: student lr 0.01, discriminator lr 1e-4 → 0.01× in its own optimiser group
+        self.lr_scales = {"disc": float(disc_lr_scale)}
         self._ensemble = False
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:

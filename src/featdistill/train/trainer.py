@@ -139,8 +139,15 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def build_optimizer(params: Sequence[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov) or AdamW with decoupled weight decay, from the config."""
+def build_optimizer(
+    params: Sequence[nn.Parameter] | Sequence[dict[str, Any]], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov) or AdamW with decoupled weight decay, from the config.
+
+    ``params`` may be parameter groups; a group's ``lr_scale`` sets its lr to ``config.lr × lr_scale`` (the
+    schedule then multiplies every group by the same factor, so the ratio holds throughout).
+    """
+    params = [{**g, "lr": config.lr * float(g.get("lr_scale", 1.0))} if isinstance(g, dict) else g for g in params]
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -597,7 +604,8 @@ class Trainer:
         frozen = [p for p in params if not p.requires_grad]
         if frozen:
             raise ValueError(f"{len(frozen)} parameter(s) from trainable_parameters() have requires_grad=False")
-        optimizer = build_optimizer(params, cfg)
+        groups = self.distiller.param_groups() if hasattr(self.distiller, "param_groups") else None
+        optimizer = build_optimizer(groups if groups is not None else params, cfg)
         scheduler = build_scheduler(optimizer, cfg, steps)
 
         latest = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
