@@ -157,3 +157,27 @@ def test_every_config_reports_unknown_keys_the_same_way(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "iterashuns = 2: unknown key; did you mean iterations?" in err
     assert "soft_label_teacher.store.veiws = 2: unknown key" in err and "Traceback" not in err
+
+
+def test_a_network_parameter_is_built_from_a_model_section(tmp_path):
+    """Collaborative learning's peer comes from YAML: built for the data, seeded, trained with the student."""
+    from featdistill.run import run_experiment
+
+    peer = {"model": "mlp", "kwargs": {"hidden": [16]}}
+    cfg = parse_config(
+        {
+            **BASE,
+            "run_dir": str(tmp_path / "run"),
+            "method": {"name": "collaborative", "params": {"peer": peer, "temperature": 2.0}},
+            "train": {**BASE["train"], "epochs": 1},
+        }
+    )
+    result = run_experiment(cfg, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epoch = next(r for r in records if r["type"] == "epoch")
+    assert {"ce", "peer_ce", "kl", "peer_kl"} == set(epoch["losses"]) and epoch["losses"]["kl"] > 0
+    assert result.test_top1 > 0.2
+    with pytest.raises(ConfigError, match="mlpp"):
+        parse_config({**BASE, "method": {"name": "collaborative", "params": {"peer": {"model": "mlpp"}}}})
+    with pytest.raises(ConfigError, match="give it as a model section"):
+        parse_config({**BASE, "method": {"name": "collaborative", "params": {"peer": "mlp"}}})

@@ -144,6 +144,19 @@ class MethodConfig(_Strict):
         bad = [k for k in self.params if k not in accepted]
         if bad and not has_var_kw:
             raise ValueError(f"method {self.name!r} has no parameter(s) {bad}; its parameters are {accepted}")
+        from featdistill.methods.base import module_parameters
+
+        for key in module_parameters(cls) & set(self.params):
+            value = self.params[key]
+            if not isinstance(value, Mapping):
+                raise ValueError(
+                    f"method {self.name!r}: {key} is a network; give it as a model section, "
+                    f"e.g. {key}: {{model: resnet8, kwargs: {{}}}}"
+                )
+            try:
+                ModelConfig.model_validate(value)
+            except ValidationError as err:
+                raise ValueError(format_validation_error(err, ModelConfig, prefix=f"method.params.{key}")) from None
         unknown_terms = set(self.weights) - set(cls.default_weights)
         if unknown_terms:
             raise ValueError(

@@ -151,6 +151,18 @@ def build_teacher(cfg: ExperimentConfig, train_set, augmenter, num_classes: int)
     return model, model
 
 
+def _method_params(cfg: ExperimentConfig, num_classes: int, image_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The method's params with every network parameter (a model section) built for this data, seeded."""
+    from featdistill.methods import METHODS
+    from featdistill.methods.base import module_parameters
+
+    params = dict(cfg.method.params)
+    for key in module_parameters(METHODS[cfg.method.name]) & set(params):
+        mc = ModelConfig.model_validate(params[key])
+        params[key] = build_model_from_config(mc, num_classes, image_shape, cfg.seed, f"method.{key}")
+    return params
+
+
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool | None = None) -> RunResult:
     """Train the configured student (with its method and teacher) and write the run directory."""
     from featdistill.distiller import Distiller
@@ -183,7 +195,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool |
     student = build_model_from_config(cfg.student, num_classes, image_shape, cfg.seed, "student")
     teacher, teacher_model = build_teacher(cfg, train_set, augmenter, num_classes)
     m = cfg.method
-    method = build_method(m.name, **m.params, weights=m.weights or None)
+    method = build_method(m.name, **_method_params(cfg, num_classes, image_shape), weights=m.weights or None)
     distiller = Distiller(student, method, teacher, ce_weight=m.ce_weight, label_smoothing=m.label_smoothing)
     distiller.fit_data(train_loader, num_classes)
     distiller.student_spec = {

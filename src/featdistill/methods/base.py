@@ -125,6 +125,16 @@ def list_methods() -> list[str]:
     return sorted(METHODS)
 
 
+def module_parameters(cls: type[Method]) -> set[str]:
+    """Constructor parameters of a recipe that take a network (annotated ``nn.Module``, e.g. collaborative's
+    ``peer``). A YAML config gives them as a model section (``{model, kwargs, checkpoint}``) and
+    :func:`featdistill.run.run_experiment` builds the network for the run's data."""
+    import inspect
+
+    sig = inspect.signature(cls.__init__)
+    return {n for n, p in sig.parameters.items() if "Module" in str(p.annotation)}
+
+
 def build_method(name: str, **kwargs: Any) -> Method:
     """Instantiate a registered recipe; an unknown name lists the close ones."""
     import difflib
