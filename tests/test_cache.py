@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _torchrun import run_torchrun
 from featdistill.cache import (
     CachedTeacher,
     StoreCorruptError,
@@ -349,32 +346,8 @@ def test_two_rank_torchrun_build_equals_one_rank(tmp_path, teacher, data, full_s
     script.write_text(_TORCHRUN_SCRIPT)
     blob = tmp_path / "blob.pt"
     torch.save({"images": data.images, "targets": data.targets, "teacher": teacher.state_dict()}, blob)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=env.get("GLOO_SOCKET_IFNAME", "lo"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "2",
-        str(script),
-        str(tmp_path / "s"),
-        str(blob),
-    ]
-    # own session: on timeout the whole group (torchrun and its workers) is killed, no orphans left behind
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 120 s:\n{out[-2000:]}\n{err[-2000:]}")
-    assert proc.returncode == 0, err[-3000:]
+    proc = run_torchrun(str(script), str(tmp_path / "s"), str(blob))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = {json.loads(p.read_text())["rank"] for p in (tmp_path / "s" / "shards").glob("*.json")}
     assert ranks == {0, 1}
     assert _shard_digests(tmp_path / "s") == _shard_digests(full_store)

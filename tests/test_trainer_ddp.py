@@ -11,14 +11,13 @@ rank (half batch), which legitimately differs from one process; convert BN stude
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+
+from _torchrun import run_torchrun
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 
@@ -34,26 +33,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=env.get("GLOO_SOCKET_IFNAME", "lo"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "2",
-        str(WORKER),
-        str(two),
-    ]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"torchrun did not finish in 120 s:\n{e.stdout}\n{e.stderr}")
-    if proc.returncode != 0 and "torch.distributed.run" in proc.stderr and "No module named" in proc.stderr:
-        pytest.skip("torchrun (torch.distributed.run) is unavailable")
+    proc = run_torchrun(str(WORKER), str(two))
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
     _ddp_worker.run(one)  # same script, one process, same global batch
