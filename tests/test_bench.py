@@ -38,3 +38,26 @@ def test_unknown_suite_and_duplicate_registration():
 
 def test_markdown_table_formats_floats():
     assert markdown_table([{"a": 0.123456}]).splitlines()[2] == "| 0.1235 |"
+
+
+def test_a_suite_runs_with_its_declared_threads_and_says_so(tmp_path):
+    import torch
+
+    from featdistill.bench import SUITE_THREADS
+
+    before = torch.get_num_threads()
+    seen = {}
+
+    @register_suite("_one", threads=1)
+    def _one(out_dir, quick):
+        seen["threads"] = torch.get_num_threads()
+        return [{"x": 1}]
+
+    try:
+        payload = json.loads(run_suite("_one", tmp_path).read_text())
+        assert seen["threads"] == 1 and payload["meta"]["threads"] == 1
+        assert "1 threads" in (tmp_path / "_one.md").read_text()
+        assert torch.get_num_threads() == before  # restored
+    finally:
+        SUITES.pop("_one")
+        SUITE_THREADS.pop("_one")

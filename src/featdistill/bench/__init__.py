@@ -8,11 +8,12 @@ define suites are imported lazily by name in :data:`SUITE_MODULES` so that ``fea
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,21 @@ import torch
 
 from featdistill.io import atomic_write_text
 
-__all__ = ["SUITES", "SUITE_MODULES", "register_suite", "run_suite", "markdown_table", "write_atomic"]
+__all__ = [
+    "SUITES",
+    "SUITE_MODULES",
+    "SUITE_THREADS",
+    "register_suite",
+    "run_suite",
+    "markdown_table",
+    "write_atomic",
+    "torch_threads",
+]
 
 Suite = Callable[[Path, bool], list[dict[str, Any]]]
 SUITES: dict[str, Suite] = {}
+#: suite name → intra-op thread count it runs with (absent: torch's default)
+SUITE_THREADS: dict[str, int] = {}
 #: suite name → module that registers it (imported on demand)
 SUITE_MODULES: dict[str, str] = {
     "core": "featdistill.bench.core",
@@ -35,14 +47,32 @@ SUITE_MODULES: dict[str, str] = {
 }
 
 
-def register_suite(name: str) -> Callable[[Suite], Suite]:
+def register_suite(name: str, threads: int | None = None) -> Callable[[Suite], Suite]:
+    """Register ``fn`` as suite ``name``; ``threads`` pins ``torch.set_num_threads`` while it runs (tiny
+    networks on a shared 2-core machine run several times faster with 1 thread than with 2 spinning ones)."""
+
     def deco(fn: Suite) -> Suite:
         if name in SUITES and SUITES[name] is not fn:
             raise ValueError(f"benchmark suite {name!r} is already registered")
         SUITES[name] = fn
+        if threads is not None:
+            SUITE_THREADS[name] = int(threads)
         return fn
 
     return deco
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with ``threads`` intra-op threads (``None``: unchanged); restores the old count; yields
+    the count in effect."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 write_atomic = atomic_write_text  # kept for suites: one implementation, in featdistill.io
@@ -90,8 +120,9 @@ def run_suite(name: str, out_dir: str | Path, quick: bool = False) -> Path:
     md_path = out / f"{name}.md"
     md_path.unlink(missing_ok=True)  # a suite may write its own richer table; a stale one must not survive
     t0 = time.perf_counter()
-    rows = SUITES[name](out, quick)
-    meta = {**machine_meta(), "quick": quick, "seconds": round(time.perf_counter() - t0, 2)}
+    with torch_threads(SUITE_THREADS.get(name)) as threads:
+        rows = SUITES[name](out, quick)
+    meta = {**machine_meta(), "threads": threads, "quick": quick, "seconds": round(time.perf_counter() - t0, 2)}
     payload = {"suite": name, "rows": rows, "meta": meta}
     json_path = out / f"{name}.json"
     write_atomic(json_path, json.dumps(payload, indent=2, default=str))

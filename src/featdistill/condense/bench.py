@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from featdistill.bench import register_suite
+from featdistill.bench import register_suite, torch_threads
 
 from .core import condense
 from .evaluate import EvalProtocol, evaluate
@@ -127,13 +127,8 @@ def run_condense_bench(
     """
     from featdistill.data.datasets import load_dataset
 
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(out_dir, quick, datasets, load_dataset)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(out_dir: str | Path, quick: bool, datasets: list[str] | None, load_dataset: Any) -> list[dict[str, Any]]:
@@ -257,7 +252,7 @@ def _write(out: Path, rows: list[dict[str, Any]], quick: bool) -> None:
     (out / "condense.md").write_text("\n".join(lines) + "\n")
 
 
-@register_suite("condense")
+@register_suite("condense", threads=1)
 def condense_suite(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
     """``featdistill bench condense``: the table above, single-threaded (faster for tiny ConvNets here)."""
-    return run_condense_bench(out_dir, quick=quick, threads=1)
+    return run_condense_bench(out_dir, quick=quick)

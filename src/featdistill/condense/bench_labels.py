@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from featdistill.bench import register_suite
+from featdistill.bench import register_suite, torch_threads
 
 from .augment import DSA, default_strategy
 from .bench import PeakRSS
@@ -66,83 +66,82 @@ def run_label_bench(out_dir: str | Path, quick: bool = False, threads: int | Non
     """Run the table; write ``out_dir/condense-labels.json`` and ``.md``; stores go to ``out_dir/label_stores``."""
     from featdistill.data.datasets import load_dataset
 
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        cfg = _settings(quick)
-        out = Path(out_dir)
-        stores = out / "label_stores"
-        rows: list[dict[str, Any]] = []
-        for ds_name in cfg["datasets"]:
-            train, test = load_dataset(ds_name)
-            real = as_real_data(train)
-            depth = cfg["depth"][ds_name]
-            bk = {"width": cfg["width"], "depth": depth}
-            t0 = time.perf_counter()
-            teacher, teacher_acc = _train_teacher(real, test, depth, cfg["teacher"], train.name)
-            teacher_s = time.perf_counter() - t0
-            cache: dict[Any, Any] = {}
-            proto = EvalProtocol(backbone_kwargs=bk, **cfg["eval"])
-            for ipc in cfg["ipcs"]:
-                for method in ("random", "dm"):
-                    kw = cfg["dm"] if method == "dm" else {}
-                    syn = condense(real, ipc, method, "convnet", seed=0, backbone_kwargs=bk, **kw)
-                    syn.metadata["dataset"] = train.name
-                    static = syn.with_labels(
-                        soft_labels(teacher, syn.images, TEMPERATURE), soft_labels={"temperature": TEMPERATURE}
+    with torch_threads(threads):
+        return _run(out_dir, quick, load_dataset)
+
+
+def _run(out_dir: str | Path, quick: bool, load_dataset: Any) -> list[dict[str, Any]]:
+    cfg = _settings(quick)
+    out = Path(out_dir)
+    stores = out / "label_stores"
+    rows: list[dict[str, Any]] = []
+    for ds_name in cfg["datasets"]:
+        train, test = load_dataset(ds_name)
+        real = as_real_data(train)
+        depth = cfg["depth"][ds_name]
+        bk = {"width": cfg["width"], "depth": depth}
+        t0 = time.perf_counter()
+        teacher, teacher_acc = _train_teacher(real, test, depth, cfg["teacher"], train.name)
+        teacher_s = time.perf_counter() - t0
+        cache: dict[Any, Any] = {}
+        proto = EvalProtocol(backbone_kwargs=bk, **cfg["eval"])
+        for ipc in cfg["ipcs"]:
+            for method in ("random", "dm"):
+                kw = cfg["dm"] if method == "dm" else {}
+                syn = condense(real, ipc, method, "convnet", seed=0, backbone_kwargs=bk, **kw)
+                syn.metadata["dataset"] = train.name
+                static = syn.with_labels(
+                    soft_labels(teacher, syn.images, TEMPERATURE), soft_labels={"temperature": TEMPERATURE}
+                )
+                sdir = stores / f"{ds_name}_ipc{ipc}_{method}"
+                shutil.rmtree(sdir, ignore_errors=True)
+                t1 = time.perf_counter()
+                build_label_store(syn, teacher, sdir, num_views=cfg["num_views"], seed=0)
+                build_s = time.perf_counter() - t1
+                views = open_view_labels(sdir, syn, temperature=TEMPERATURE)
+                size = sum(p.stat().st_size for p in sdir.rglob("*") if p.is_file())
+                variants = {
+                    "hard": (syn, None),
+                    "hard, store views": (syn, replace(views, hard=True)),
+                    "static soft": (static, None),
+                    "per-view store": (syn, views),
+                }
+                for labels, (s, v) in variants.items():
+                    t2 = time.perf_counter()
+                    with PeakRSS() as mem:
+                        rep = evaluate(s, test, proto, train_set=train, cache=cache, label_store=v)
+                    acc, rnd = rep["synthetic"], rep["baselines"]["random"]
+                    rows.append(
+                        {
+                            "dataset": ds_name,
+                            "ipc": ipc,
+                            "set": method,
+                            "labels": labels,
+                            "acc_mean": acc["mean"],
+                            "acc_std": acc["std"],
+                            "accs": acc["accs"],
+                            "random_hard_mean": rnd["mean"],
+                            "random_hard_std": rnd["std"],
+                            "teacher_acc": teacher_acc,
+                            "teacher_train_s": teacher_s,
+                            "temperature": TEMPERATURE if "soft" in labels or labels == "per-view store" else None,
+                            "num_views": cfg["num_views"] if v is not None else None,
+                            "views": v.describe()["augmentation"] if v is not None else None,
+                            "dsa": rep["dsa_strategy"],
+                            "store_build_s": build_s if labels == "per-view store" else None,
+                            "store_bytes": size if labels == "per-view store" else None,
+                            "eval_s": time.perf_counter() - t2,
+                            "peak_rss_mb_eval": mem.peak_mb,
+                            "num_nets": proto.num_nets,
+                            "eval_epochs": proto.epochs,
+                            "backbone": {"name": "convnet", **bk},
+                            "teacher": {"name": "convnet", "width": cfg["teacher"]["width"], "depth": depth},
+                            "dm": cfg["dm"] if method == "dm" else None,
+                            "quick": quick,
+                        }
                     )
-                    sdir = stores / f"{ds_name}_ipc{ipc}_{method}"
-                    shutil.rmtree(sdir, ignore_errors=True)
-                    t1 = time.perf_counter()
-                    build_label_store(syn, teacher, sdir, num_views=cfg["num_views"], seed=0)
-                    build_s = time.perf_counter() - t1
-                    views = open_view_labels(sdir, syn, temperature=TEMPERATURE)
-                    size = sum(p.stat().st_size for p in sdir.rglob("*") if p.is_file())
-                    variants = {
-                        "hard": (syn, None),
-                        "hard, store views": (syn, replace(views, hard=True)),
-                        "static soft": (static, None),
-                        "per-view store": (syn, views),
-                    }
-                    for labels, (s, v) in variants.items():
-                        t2 = time.perf_counter()
-                        with PeakRSS() as mem:
-                            rep = evaluate(s, test, proto, train_set=train, cache=cache, label_store=v)
-                        acc, rnd = rep["synthetic"], rep["baselines"]["random"]
-                        rows.append(
-                            {
-                                "dataset": ds_name,
-                                "ipc": ipc,
-                                "set": method,
-                                "labels": labels,
-                                "acc_mean": acc["mean"],
-                                "acc_std": acc["std"],
-                                "accs": acc["accs"],
-                                "random_hard_mean": rnd["mean"],
-                                "random_hard_std": rnd["std"],
-                                "teacher_acc": teacher_acc,
-                                "teacher_train_s": teacher_s,
-                                "temperature": TEMPERATURE if "soft" in labels or labels == "per-view store" else None,
-                                "num_views": cfg["num_views"] if v is not None else None,
-                                "views": v.describe()["augmentation"] if v is not None else None,
-                                "dsa": rep["dsa_strategy"],
-                                "store_build_s": build_s if labels == "per-view store" else None,
-                                "store_bytes": size if labels == "per-view store" else None,
-                                "eval_s": time.perf_counter() - t2,
-                                "peak_rss_mb_eval": mem.peak_mb,
-                                "num_nets": proto.num_nets,
-                                "eval_epochs": proto.epochs,
-                                "backbone": {"name": "convnet", **bk},
-                                "teacher": {"name": "convnet", "width": cfg["teacher"]["width"], "depth": depth},
-                                "dm": cfg["dm"] if method == "dm" else None,
-                                "quick": quick,
-                            }
-                        )
-                        _write(out, rows, quick)
-        return rows
-    finally:
-        torch.set_num_threads(before)
+                    _write(out, rows, quick)
+    return rows
 
 
 def _write(out: Path, rows: list[dict[str, Any]], quick: bool) -> None:
@@ -177,7 +176,7 @@ def _write(out: Path, rows: list[dict[str, Any]], quick: bool) -> None:
     (out / "condense-labels.md").write_text("\n".join(lines) + "\n")
 
 
-@register_suite("condense-labels")
+@register_suite("condense-labels", threads=1)
 def condense_labels_suite(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
     """``featdistill bench condense-labels``: hard vs static soft vs per-view stored soft labels."""
-    return run_label_bench(out_dir, quick=quick, threads=1)
+    return run_label_bench(out_dir, quick=quick, threads=None)
