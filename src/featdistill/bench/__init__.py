@@ -44,6 +44,7 @@ SUITE_MODULES: dict[str, str] = {
     "methods": "featdistill.methods.bench",
     "condense": "featdistill.condense.bench",
     "condense-labels": "featdistill.condense.bench_labels",
+    "condense-label-views": "featdistill.condense.bench_labels",
 }
 
 
