@@ -123,7 +123,8 @@ class ViewLabels:
             sids = self.sample_ids.repeat_interleave(v)
             vids = torch.arange(v).repeat(n)
             logits = self.store.teacher_outputs(sids, vids, ["logits"])["logits"]
-            # full logits → softmax(z/T); top-k log-probs differ from z by a per-row constant → same softmax
+            # full logits → softmax(z/T) exactly; a top-k store: exact on the top-k classes (log-probs differ
+            # from z by a per-row constant), the others share the stored remaining mass (FKD's approximation)
             self._targets = torch.softmax(logits / self.temperature, dim=1).view(n, v, -1)
         return self._targets
 
