@@ -272,3 +272,44 @@ def test_hard_view_ablation_serves_the_class_labels(tmp_path) -> None:
         assert torch.equal(y_soft.argmax(1), BandOracle(shift=1)(x_soft).argmax(1))
     assert not torch.equal(y_soft.argmax(1), y_hard)
     assert hard.describe()["labels"] == "class (hard)"
+
+
+def test_relabel_cli_adds_soft_labels_to_a_saved_set(tmp_path, capsys) -> None:
+    import yaml
+    from safetensors.torch import save_file
+
+    from featdistill.cli import main
+    from featdistill.condense.config import run_condense_config
+    from featdistill.models import build_model
+
+    teacher = build_model("convnet", num_classes=10, in_channels=1, image_size=8, **NET_KW)
+    save_file(teacher.state_dict(), str(tmp_path / "t.safetensors"))
+    cfg = {"dataset": "digits", "ipc": 1, "method": "random", "out_dir": str(tmp_path / "set"), "png": False}
+    syn_path = run_condense_config(cfg)
+    section = {"model": "convnet", "checkpoint": str(tmp_path / "t.safetensors"), "model_kwargs": NET_KW}
+    static_yaml, store_yaml, bad_yaml = tmp_path / "static.yaml", tmp_path / "store.yaml", tmp_path / "bad.yaml"
+    static_yaml.write_text(yaml.safe_dump({**section, "temperature": 2.0}))
+    store_yaml.write_text(yaml.safe_dump({"soft_label_teacher": {**section, "store": {"dir": str(tmp_path / "s")}}}))
+    bad_yaml.write_text(yaml.safe_dump({**section, "temprature": 2.0}))
+
+    assert main(["condense", "relabel", str(syn_path), str(static_yaml)]) == 0
+    static = SyntheticSet.load(syn_path.with_name("synthetic_soft.safetensors"))
+    assert static.soft and static.metadata["soft_labels"] == {"temperature": 2.0, "teacher": "convnet"}
+    with torch.no_grad():
+        want = torch.softmax(teacher.eval()(static.images) / 2.0, 1)
+    assert torch.allclose(static.labels, want, atol=1e-5)
+
+    out = tmp_path / "per_view.safetensors"
+    assert main(["condense", "relabel", str(syn_path), str(store_yaml), "--out", str(out)]) == 0
+    per_view = SyntheticSet.load(out)
+    assert (
+        per_view.metadata["soft_labels"]["store"] == str(tmp_path / "s")
+        and per_view.metadata["soft_labels"]["views"] == 8
+    )
+    assert torch.equal(per_view.images, SyntheticSet.load(syn_path).images)
+
+    capsys.readouterr()
+    assert main(["condense", "relabel", str(syn_path), str(bad_yaml)]) == 2
+    assert "temprature = 2.0: unknown key; did you mean temperature?" in capsys.readouterr().err
+    assert main(["condense", "relabel", str(syn_path), str(static_yaml), "--out", str(syn_path)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err

@@ -115,7 +115,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
             raise FileNotFoundError("usage: featdistill condense eval SYNTHETIC.safetensors [--dataset NAME]")
         store = None if args.label_store == "none" else args.label_store
         res = condense.run_condense_eval(
-            args.rest[0], dataset=args.dataset, label_store=store, num_nets=args.nets, epochs=args.epochs
+            args.rest[0], dataset=args.dataset or "mnist5k", label_store=store, num_nets=args.nets, epochs=args.epochs
         )
         for k, v in res.items():
             print(f"{k}: {v}")
@@ -126,6 +126,19 @@ def cmd_condense(args: argparse.Namespace) -> int:
     from featdistill.config import ConfigError, apply_overrides
     from featdistill.validation import format_validation_error
 
+    if args.config == "relabel":
+        if len(args.rest) != 2:
+            raise FileNotFoundError(
+                "usage: featdistill condense relabel SYNTHETIC.safetensors TEACHER.yaml [--dataset NAME] [--out PATH]"
+            )
+        try:
+            path = condense.run_condense_relabel(args.rest[0], args.rest[1], dataset=args.dataset, out=args.out)
+        except ValidationError as err:
+            raise ConfigError(f"{args.rest[1]}: {format_validation_error(err, condense.TeacherConfig)}") from None
+        except (ValueError, yaml.YAMLError) as err:  # bad values, stale stores: one message, no traceback
+            raise ConfigError(str(err)) from None
+        print(f"relabelled set written: {path}")
+        return 0
     p = Path(args.config)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
@@ -209,11 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE")
     s.set_defaults(func=cmd_cache)
 
-    s = sub.add_parser("condense", help="dataset distillation from a config, or `condense eval SYNTHETIC`")
-    s.add_argument("config", help="CONFIG.yaml, or the word eval")
+    s = sub.add_parser(
+        "condense",
+        help="dataset distillation from a config; `condense eval SYN`; `condense relabel SYN TEACHER.yaml`",
+    )
+    s.add_argument("config", help="CONFIG.yaml, or the word eval or relabel")
     s.add_argument("rest", nargs="*")
     s.add_argument("--set", action="append", metavar="KEY=VALUE")
-    s.add_argument("--dataset", default="mnist5k")
+    s.add_argument("--dataset", default=None, help="eval: test/baseline data (default mnist5k); relabel: train set")
+    s.add_argument("--out", default=None, help="relabel: where the relabelled set goes")
     s.add_argument("--nets", type=int, default=3)
     s.add_argument("--epochs", type=int, default=300)
     s.add_argument(

@@ -2,7 +2,7 @@
 honest evaluation protocol. See ``docs/condense.md``."""
 
 from .augment import DSA, DSAParams, default_strategy, flip_pairs
-from .config import CondenseConfig, run_condense_config, run_condense_eval
+from .config import CondenseConfig, TeacherConfig, run_condense_config, run_condense_eval, run_condense_relabel
 from .core import CONDENSERS, METHODS, condense, datadam_loss, dc_loss, dm_loss, soft_labels
 from .evaluate import EvalProtocol, evaluate, robust_score
 from .mtt import ExpertBuffer, train_experts
@@ -13,8 +13,10 @@ from .synthetic import SyntheticSet
 __all__ = [
     "CONDENSERS",
     "CondenseConfig",
+    "TeacherConfig",
     "run_condense_config",
     "run_condense_eval",
+    "run_condense_relabel",
     "DSA",
     "DSAParams",
     "EvalProtocol",

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .core import METHODS, condense
+from .core import METHODS, condense, soft_labels
 from .evaluate import EvalProtocol, evaluate
 from .relabel import ViewLabels, build_label_store, default_label_views, open_view_labels, relabel
 from .synthetic import SyntheticSet
@@ -26,6 +26,7 @@ __all__ = [
     "EvalConfig",
     "run_condense_config",
     "run_condense_eval",
+    "run_condense_relabel",
 ]
 
 
@@ -297,3 +298,46 @@ def run_condense_eval(
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=2, default=str))
     return report
+
+
+def run_condense_relabel(
+    synthetic_path: str | Path,
+    teacher: TeacherConfig | dict[str, Any] | str | Path,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    out: str | Path | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Give a saved synthetic set teacher soft labels without condensing it again.
+
+    ``teacher`` is a ``soft_label_teacher`` section (object, dict or YAML file): without ``store`` the live
+    teacher labels the un-augmented images (static labels); with ``store`` the labels are per view, from the
+    store at ``store.dir`` when present, else built there by the teacher. ``dataset`` (its training split) is
+    needed only to label a random/herding set from a training-set store. Writes ``out`` (default
+    ``<name>_soft.safetensors`` next to the input; the input is never overwritten) and returns its path.
+    """
+    from featdistill.data.datasets import load_dataset
+
+    if isinstance(teacher, (str, Path)):
+        import yaml
+
+        raw = yaml.safe_load(Path(teacher).read_text())  # safe_load: never executes code
+        teacher = raw.get("soft_label_teacher", raw) if isinstance(raw, dict) else raw
+    st = teacher if isinstance(teacher, TeacherConfig) else TeacherConfig.model_validate(teacher)
+    src = Path(synthetic_path)
+    syn = SyntheticSet.load(src)
+    c, h, w = syn.images.shape[1:]
+    model = _load_teacher(st, syn.num_classes, int(c), int(max(h, w))) if st.model is not None else None
+    if st.store is not None:
+        train = load_dataset(dataset, data_root)[0] if dataset else None
+        labelled = relabel(syn, _store_labels(syn, st, model, train, device))
+    else:
+        assert model is not None  # the validator requires model + checkpoint without a store
+        labels = soft_labels(model, syn.images, st.temperature, device)
+        if labels.shape[1] != syn.num_classes:
+            raise ValueError(f"the teacher predicts {labels.shape[1]} classes; the set has {syn.num_classes}")
+        labelled = syn.with_labels(labels, soft_labels={"temperature": st.temperature, "teacher": st.model})
+    target = Path(out) if out is not None else src.with_name(f"{src.stem}_soft.safetensors")
+    if target.resolve() == src.resolve():
+        raise ValueError(f"refusing to overwrite the input set {src}; choose another --out")
+    return labelled.save(target)
