@@ -150,7 +150,7 @@ class Distiller(nn.Module):
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimiser groups: ``main`` (everything, at the base lr) plus one group per adapter a method scales
         (:attr:`Method.lr_scales`, also inside ``compose``), each with its ``lr_scale``. The groups partition
-        :meth:`trainable_parameters` in its order, so a checkpoint's optimiser state keeps fitting."""
+        :meth:`trainable_parameters`, deterministically ordered, so a checkpoint's optimiser state keeps fitting."""
         scaled: dict[int, tuple[str, float]] = {}
         for prefix, module in self.method.named_modules():
             if not isinstance(module, Method):

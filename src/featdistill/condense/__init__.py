@@ -3,7 +3,7 @@ honest evaluation protocol. See ``docs/condense.md``."""
 
 from .augment import DSA, DSAParams, default_strategy, flip_pairs
 from .config import CondenseConfig, TeacherConfig, run_condense_config, run_condense_eval, run_condense_relabel
-from .core import CONDENSERS, METHODS, condense, datadam_loss, dc_loss, dm_loss, soft_labels
+from .core import CONDENSERS, METHODS, condense, datadam_loss, dc_loss, dm_loss, soft_labels, with_teacher_labels
 from .evaluate import EvalProtocol, evaluate, robust_score
 from .mtt import ExpertBuffer, train_experts
 from .real import RealData, as_real_data
@@ -39,4 +39,5 @@ __all__ = [
     "robust_score",
     "soft_labels",
     "train_experts",
+    "with_teacher_labels",
 ]

@@ -23,7 +23,7 @@ from featdistill.bench import register_suite, torch_threads
 
 from .augment import DSA, default_strategy
 from .bench import PeakRSS
-from .core import condense, soft_labels
+from .core import condense, with_teacher_labels
 from .evaluate import EvalProtocol, evaluate, test_accuracy, train_on
 from .nets import make_backbone_factory
 from .real import as_real_data
@@ -77,8 +77,8 @@ def _train_teacher(real: Any, test: Any, depth: int, cfg: dict[str, Any], name: 
     proto = EvalProtocol(epochs=cfg["epochs"], batch_size=128)
     dsa = DSA(default_strategy(name, c))
     net = train_on(real.images, real.targets, factory, 0, cfg["epochs"], 0.01, proto, dsa).eval()
-    x_test, y_test = as_real_data(test).images, as_real_data(test).targets
-    return net, test_accuracy(net, x_test, y_test)
+    held_out = as_real_data(test)
+    return net, test_accuracy(net, held_out.images, held_out.targets)
 
 
 def run_label_bench(
@@ -130,14 +130,7 @@ def _run(out: Path, quick: bool, cfg: dict[str, Any], suite: str, load_dataset: 
                 refs = {
                     "hard": (syn, None, None, None),
                     "hard, store views": (syn, replace(first, hard=True), None, None),
-                    "static soft": (
-                        syn.with_labels(
-                            soft_labels(teacher, syn.images, TEMPERATURE), soft_labels={"temperature": TEMPERATURE}
-                        ),
-                        None,
-                        None,
-                        None,
-                    ),
+                    "static soft": (with_teacher_labels(syn, teacher, TEMPERATURE), None, None, None),
                 }
                 ordered = {**{r: refs[r] for r in cfg["references"]}, **variants}
                 for label_name, (s_set, v, build_s, size) in ordered.items():

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .core import METHODS, condense, soft_labels
+from .core import METHODS, condense, with_teacher_labels
 from .evaluate import EvalProtocol, evaluate
 from .relabel import ViewLabels, build_label_store, default_label_views, open_view_labels, relabel
 from .synthetic import SyntheticSet
@@ -333,10 +333,7 @@ def run_condense_relabel(
         labelled = relabel(syn, _store_labels(syn, st, model, train, device))
     else:
         assert model is not None  # the validator requires model + checkpoint without a store
-        labels = soft_labels(model, syn.images, st.temperature, device)
-        if labels.shape[1] != syn.num_classes:
-            raise ValueError(f"the teacher predicts {labels.shape[1]} classes; the set has {syn.num_classes}")
-        labelled = syn.with_labels(labels, soft_labels={"temperature": st.temperature, "teacher": st.model})
+        labelled = with_teacher_labels(syn, model, st.temperature, device, teacher_name=st.model)
     target = Path(out) if out is not None else src.with_name(f"{src.stem}_soft.safetensors")
     if target.resolve() == src.resolve():
         raise ValueError(f"refusing to overwrite the input set {src}; choose another --out")

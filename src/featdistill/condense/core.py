@@ -656,15 +656,28 @@ def condense(
     }
     if source is not None:
         meta["source_indices"] = source.tolist()
-    images = images.cpu()
+    out = SyntheticSet(images.cpu(), labels, lr_out, real.mean, real.std, meta)
     if soft_label_teacher is not None:
-        labels = soft_labels(soft_label_teacher, images, soft_label_temperature, device)
-        meta["soft_labels"] = {
-            "temperature": soft_label_temperature,
-            "teacher": type(soft_label_teacher).__name__,
-        }
-    meta["wall_s"] = time.perf_counter() - t0
-    return SyntheticSet(images, labels, lr_out, real.mean, real.std, meta)
+        out = with_teacher_labels(out, soft_label_teacher, soft_label_temperature, device)
+    out.metadata["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def with_teacher_labels(
+    synthetic: SyntheticSet,
+    teacher: nn.Module | Callable[[Tensor], Tensor],
+    temperature: float = 1.0,
+    device: str | torch.device = "cpu",
+    teacher_name: str | None = None,
+) -> SyntheticSet:
+    """``synthetic`` with static soft labels ``softmax(teacher(x) / T)`` of its un-augmented images, the
+    temperature and teacher recorded in ``metadata["soft_labels"]`` (evaluation trains at that temperature).
+    Per-view labels from a teacher store: :mod:`featdistill.condense.relabel`."""
+    labels = soft_labels(teacher, synthetic.images, temperature, device)
+    if labels.shape[1] != synthetic.num_classes:
+        raise ValueError(f"the teacher predicts {labels.shape[1]} classes; the set has {synthetic.num_classes}")
+    name = teacher_name or type(teacher).__name__
+    return synthetic.with_labels(labels, soft_labels={"temperature": float(temperature), "teacher": name})
 
 
 def soft_labels(

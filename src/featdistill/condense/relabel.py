@@ -211,7 +211,7 @@ def build_label_store(
 def _source_ids(synthetic: SyntheticSet, train_set: ImageDataset) -> Tensor:
     """The training-set ids a coreset's images were taken from, checked against the pixels."""
     ids = synthetic.metadata.get("source_indices")
-    if ids is None or synthetic.metadata.get("iterations_done", 0):
+    if ids is None:  # condense() records them only for sets whose images are unmodified training images
         raise StoreMismatchError(
             "this teacher store was built over the training set, which only labels sets made of unmodified "
             f"training images (method random or herding); a {synthetic.metadata.get('method')!r} set needs a "
