@@ -219,7 +219,7 @@ def evaluate(
     real = as_real_data(train_set) if train_set is not None else None
     views = _view_labels(label_store, synthetic, train_set)
     # the temperature the soft labels were made at (KD loss at that temperature); 1 for hard labels
-    soft_t = views.temperature if views is not None else _label_temperature(synthetic)
+    soft_t = views.temperature if views is not None else (synthetic.label_temperature if synthetic.soft else 1.0)
     memo: dict[Any, Any] = cache if cache is not None else {}
     fingerprint = (
         # only the fields that change how a baseline network is trained (aug is part of each key)
@@ -409,10 +409,3 @@ def _view_labels(label_store: Any, synthetic: SyntheticSet, train_set: Any) -> V
         return label_store
     real = train_set if isinstance(train_set, ImageDataset) else None
     return open_view_labels(label_store, synthetic, train_set=real)
-
-
-def _label_temperature(synthetic: SyntheticSet) -> float:
-    """The temperature recorded with soft labels (``metadata["soft_labels"]["temperature"]``), else 1."""
-    if not synthetic.soft:
-        return 1.0
-    return float((synthetic.metadata.get("soft_labels") or {}).get("temperature", 1.0))

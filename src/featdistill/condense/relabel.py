@@ -275,9 +275,8 @@ def open_view_labels(
             f"teacher store {root} holds {store.num_classes}-class logits; the synthetic set has "
             f"{synthetic.num_classes} classes"
         )
-    if temperature is None:
-        temperature = float((synthetic.metadata.get("soft_labels") or {}).get("temperature", 1.0))
-    return ViewLabels(store, dataset, ids, float(temperature), source)
+    t = synthetic.label_temperature if temperature is None else float(temperature)
+    return ViewLabels(store, dataset, ids, t, source)
 
 
 def relabel(synthetic: SyntheticSet, labels: ViewLabels) -> SyntheticSet:

@@ -82,6 +82,12 @@ class SyntheticSet:
         return self.labels.argmax(1) if self.soft else self.labels
 
     @property
+    def label_temperature(self) -> float:
+        """The temperature the soft labels were made at (``metadata["soft_labels"]["temperature"]``; 1 when not
+        recorded or for hard labels): evaluation trains with the KD loss at that temperature."""
+        return float((self.metadata.get("soft_labels") or {}).get("temperature", 1.0))
+
+    @property
     def num_classes(self) -> int:
         """Number of classes, from the soft-label width or the largest hard label."""
         if self.soft:
