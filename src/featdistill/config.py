@@ -36,6 +36,9 @@ __all__ = [
     "ExperimentConfig",
     "DataConfig",
     "ModelConfig",
+    "ComponentConfig",
+    "HFConfig",
+    "TaskConfig",
     "TeacherConfig",
     "MethodConfig",
     "AugmentConfig",
@@ -44,7 +47,14 @@ __all__ = [
     "dump_config",
 ]
 
-DATASETS = ("digits", "mnist5k", "cifar10", "cifar100", "mnist-idx", "image-folder", "synthetic")
+
+def _dataset_names() -> tuple[str, ...]:
+    from featdistill.data.datasets import DATASETS as REGISTERED
+
+    return tuple(REGISTERED)
+
+
+DATASETS = ("digits", "mnist5k", "cifar10", "cifar100", "mnist-idx", "image-folder", "synthetic")  # classification
 
 
 class ConfigError(ValueError):
@@ -63,8 +73,19 @@ class AugmentConfig(_Strict):
     resized_crop: tuple[float, float] | None = Field(None, description="scale range of a random resized crop")
 
 
+class ComponentConfig(_Strict):
+    """A user's own class (or function), LightningCLI-style: ``{class_path: "pkg.mod:Name", init_args: {...}}``.
+
+    Naming a ``class_path`` runs that code (it is imported and called); a config without one runs none."""
+
+    class_path: str = Field(..., min_length=1, description="'package.module:Name' or 'package.module.Name'")
+    init_args: dict[str, Any] = Field(default_factory=dict)
+
+
 class DataConfig(_Strict):
-    name: str = "mnist5k"
+    name: str | None = Field(None, description="a registered dataset (default mnist5k unless train/test are given)")
+    train: ComponentConfig | None = Field(None, description="your own training Dataset (class_path + init_args)")
+    test: ComponentConfig | None = Field(None, description="your own test Dataset (class_path + init_args)")
     root: str | None = Field(None, description="folder with the dataset files (cifar*, mnist-idx, image-folder)")
     batch_size: int = Field(128, gt=0)
     eval_batch_size: int = Field(512, gt=0)
@@ -78,34 +99,96 @@ class DataConfig(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in DATASETS:
-            close = difflib.get_close_matches(v, DATASETS, n=2)
+    def _known(cls, v: str | None) -> str | None:
+        names = _dataset_names()
+        if v is not None and v not in names:
+            close = difflib.get_close_matches(v, names, n=2)
             raise ValueError(
-                f"unknown dataset; choose one of {list(DATASETS)}" + (f" (did you mean {close[0]}?)" if close else "")
+                f"unknown dataset; choose one of {list(names)}"
+                + (f" (did you mean {close[0]}?)" if close else "")
+                + ", or give your own as data.train / data.test: {class_path, init_args}"
             )
         return v
 
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.train is None) != (self.test is None):
+            raise ValueError("give both data.train and data.test (each {class_path, init_args}), or neither")
+        if self.train is not None and self.name is not None:
+            raise ValueError(f"data.name = {self.name!r} and data.train/test both name the data; keep one")
+        if self.train is None and self.name is None:
+            self.name = "mnist5k"
+        return self
+
+
+class HFConfig(_Strict):
+    """A Hugging Face ``transformers`` model: built from a config, or loaded from a LOCAL folder (never a download)."""
+
+    config: dict[str, Any] | None = Field(
+        None, description="kwargs of AutoConfig.for_model, with model_type (e.g. {model_type: bert, hidden_size: 64})"
+    )
+    path: str | None = Field(None, description="a local folder written by save_pretrained (from_pretrained offline)")
+    auto: str | None = Field(None, description="Auto class, e.g. AutoModelForCausalLM (default: from the task)")
+
+    @model_validator(mode="after")
+    def _one(self) -> HFConfig:
+        if (self.config is None) == (self.path is None):
+            raise ValueError("give exactly one of hf.config (build from a config) and hf.path (a local folder)")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("hf.config needs model_type (e.g. bert, gpt2, llama)")
+        return self
+
 
 class ModelConfig(_Strict):
-    model: str
+    """A network: a zoo name (``model`` + ``kwargs``), your own class (``class_path`` + ``init_args``) or a
+    Hugging Face model (``hf``); optional weights; ``output`` selects the prediction from its output."""
+
+    model: str | None = Field(None, description="zoo model name (featdistill inspect --list)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    class_path: str | None = Field(None, description="your own nn.Module, 'package.module:Name' (runs that code)")
+    init_args: dict[str, Any] = Field(default_factory=dict)
+    hf: HFConfig | None = None
+    output: int | str | None = Field(None, description="prediction selector: tuple index or output key (logits)")
     checkpoint: str | None = Field(None, description="weights: .safetensors, or a torch file (weights_only)")
     sha256: str | None = Field(None, description="expected sha256 of the checkpoint file")
 
     @field_validator("model")
     @classmethod
-    def _known_model(cls, v: str) -> str:
+    def _known_model(cls, v: str | None) -> str | None:
         from featdistill.models import MODELS
 
-        if v not in MODELS:
+        if v is not None and v not in MODELS:
             close = difflib.get_close_matches(v, list(MODELS), n=3)
             raise ValueError(
                 "unknown model"
                 + (f"; did you mean {', '.join(close)}?" if close else "")
-                + " (featdistill inspect --list shows the zoo)"
+                + " (featdistill inspect --list shows the zoo; your own class: class_path: 'pkg.mod:Name')"
             )
         return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelConfig:
+        given = [k for k in ("model", "class_path", "hf") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of model (a zoo name), class_path (your own nn.Module) or hf (a Hugging Face "
+                f"model); got {given or 'none'}"
+            )
+        if self.kwargs and self.model is None:
+            raise ValueError("kwargs are for zoo models; a class_path model takes init_args")
+        if self.init_args and self.class_path is None:
+            raise ValueError("init_args go with class_path (zoo models take kwargs)")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        """What reports and store manifests call the model."""
+        if self.model is not None:
+            return self.model
+        if self.class_path is not None:
+            return self.class_path
+        assert self.hf is not None
+        return f"hf:{self.hf.config['model_type']}" if self.hf.config else f"hf:{self.hf.path}"
 
 
 class TeacherConfig(ModelConfig):
@@ -117,6 +200,39 @@ class TeacherConfig(ModelConfig):
         if self.source == "store" and not self.store:
             raise ValueError("teacher.source = 'store' needs teacher.store: the folder written by `featdistill cache`")
         return self
+
+
+class TaskConfig(_Strict):
+    """What the run is about (``featdistill.tasks``): the task name and how batches meet the models."""
+
+    name: str = Field("classification", description="a registered task (featdistill tasks lists them)")
+    inputs: list[str] | None = Field(None, description="batch keys passed to the models as keyword arguments")
+    output: int | str | None = Field(None, description="prediction selector for both models (tuple index / key)")
+    ignore_index: int | None = Field(None, description="target value never scored (default: the task's)")
+    num_classes: int | None = Field(None, ge=1, description="default: the dataset's")
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from featdistill.tasks import TASKS
+
+        if v not in TASKS:
+            close = difflib.get_close_matches(v, list(TASKS), n=2, cutoff=0.4)
+            raise ValueError(
+                "unknown task" + (f"; did you mean {', '.join(close)}?" if close else "") + f"; known: {sorted(TASKS)}"
+            )
+        return v
+
+    def build(self, num_classes: int | None = None) -> Any:
+        from featdistill.tasks import build_task
+
+        return build_task(
+            self.name,
+            num_classes=self.num_classes or num_classes or None,
+            inputs=self.inputs,
+            output=self.output,
+            ignore_index=self.ignore_index,
+        )
 
 
 class MethodConfig(_Strict):
@@ -173,6 +289,7 @@ class ExperimentConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     student: ModelConfig
     teacher: TeacherConfig | None = None
+    task: TaskConfig | None = Field(None, description="default: the dataset's task, else classification")
     method: MethodConfig = Field(default_factory=lambda: MethodConfig(name="none"))
     train: TrainConfig = Field(default_factory=TrainConfig)
     cache: dict[str, Any] | None = Field(
@@ -185,10 +302,35 @@ class ExperimentConfig(_Strict):
 
         if METHODS[self.method.name].needs_teacher and self.teacher is None:
             raise ValueError(f"method {self.method.name!r} needs a teacher: add a `teacher:` section")
+        if self.task is None:
+            from featdistill.data.task_registry import TASK_OF_DATASET
+
+            self.task = TaskConfig(name=TASK_OF_DATASET.get(self.data.name or "", "classification"))
+        _check_method_task(self.method, self.task.name)
         return self
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.experiment
+
+
+def _check_method_task(method: MethodConfig, task_name: str) -> None:
+    """Refuse, when the config is read, a method that cannot apply to the task (naming those that can)."""
+    from featdistill.methods import METHODS
+    from featdistill.methods.base import unsupported_task_message
+    from featdistill.tasks import TASKS
+
+    task_cls = TASKS[task_name]
+    names = [method.name]
+    if method.name == "compose":
+        names = [str(p.get("name")) for p in method.params.get("parts", []) if isinstance(p, Mapping)]
+    for n in names:
+        if n in METHODS and not METHODS[n].supports(task_cls):
+            raise ValueError(unsupported_task_message(n, task_cls))
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -14,25 +14,46 @@ from typing import Any
 import torch
 from torch import nn
 
-from featdistill.losses.logits import cross_entropy
 from featdistill.methods.base import Method
 from featdistill.seeding import seeded
-from featdistill.taps import Taps, TapSpec
+from featdistill.taps import LOGITS, Taps, TapSpec, as_tap_spec
+from featdistill.tasks.base import Task, TaskError
 from featdistill.teacher import LiveTeacher, TeacherSource
 
 __all__ = ["Distiller"]
+
+
+def _with_select(spec: Any, select: int | str | None) -> TapSpec:
+    """The model's prediction tap (path ``""``) reads the output with the model's selector."""
+    spec = as_tap_spec(spec)
+    if spec.path == LOGITS and spec.select is None and select is not None:
+        return TapSpec(LOGITS, spec.kind, select)
+    return spec
+
+
+def _check_same_classes(s: torch.Tensor, t: torch.Tensor, task: Task) -> None:
+    d = task.class_dim
+    if s.ndim != t.ndim or s.shape[d] != t.shape[d]:
+        raise TaskError(
+            f"task {task.name!r}: the student predicts {tuple(s.shape)} but the teacher {tuple(t.shape)}; their class "
+            "dimensions must match for logit distillation (same num_classes / vocabulary)"
+        )
 
 
 class Distiller(nn.Module):
     """Student, method and teacher source wired together.
 
     Args:
-        student: the network being trained; its forward must return logits.
+        student: the network being trained.
         method: a recipe (``featdistill.methods``); ``None`` trains the student alone.
         teacher: an ``nn.Module`` (wrapped in a :class:`LiveTeacher` with the method's taps) or any
             :class:`TeacherSource` (e.g. a ``CachedTeacher``).
-        ce_weight: weight of the cross-entropy term; ``None`` uses the method's reference value.
+        ce_weight: weight of the task-loss term (cross-entropy for class tasks); ``None`` uses the method's
+            reference value.
         label_smoothing: for the cross-entropy term.
+        task: a :class:`~featdistill.tasks.Task` (default: classification) — how the batch calls the models,
+            what the prediction and the task loss are, and at which positions logit methods act.
+        student_output, teacher_output: prediction selectors of each model (``None``: the task's ``output``).
     """
 
     def __init__(
@@ -42,22 +63,30 @@ class Distiller(nn.Module):
         teacher: nn.Module | TeacherSource | None = None,
         ce_weight: float | None = None,
         label_smoothing: float = 0.0,
+        task: Task | None = None,
+        student_output: int | str | None = None,
+        teacher_output: int | str | None = None,
     ) -> None:
         super().__init__()
         from featdistill.methods.baseline import StudentOnly
+        from featdistill.tasks.classification import Classification
 
         self.student = student
         self.method = method if method is not None else StudentOnly()
+        self.task = task if task is not None else Classification()
+        self.method.check_task(self.task)
         self.ce_weight = self.method.default_ce_weight if ce_weight is None else ce_weight
         self.label_smoothing = label_smoothing
+        self.task_term = self.task.loss_name
         teacher_model = teacher if isinstance(teacher, nn.Module) else getattr(teacher, "model", None)
         self.method.bind(student, teacher_model)
-        t_taps = self.method.teacher_taps()
+        t_select = self.task.output if teacher_output is None else teacher_output
+        t_taps = {k: _with_select(v, t_select) for k, v in self.method.teacher_taps().items()}
         if self.method.needs_teacher and teacher is None:
             raise ValueError(f"method {self.method.name!r} needs a teacher; pass teacher=")
         source: TeacherSource | None
         if isinstance(teacher, nn.Module):
-            source = LiveTeacher(teacher, t_taps) if t_taps else None
+            source = LiveTeacher(teacher, t_taps, task=self.task) if t_taps else None
         else:
             source = teacher
             if source is not None:
@@ -73,7 +102,9 @@ class Distiller(nn.Module):
                     source = narrow(set(t_taps))
         # Not registered as a submodule on purpose (see module docstring).
         object.__setattr__(self, "teacher", source)
-        self._student_taps = Taps(student, {"logits": TapSpec(""), **self.method.student_taps()})
+        s_select = self.task.output if student_output is None else student_output
+        s_taps = {k: _with_select(v, s_select) for k, v in self.method.student_taps().items()}
+        self._student_taps = Taps(student, {"logits": TapSpec("", select=s_select), **s_taps})
         self.prepared = False
         self.channels_last = False
 
@@ -85,12 +116,20 @@ class Distiller(nn.Module):
         """
         if self.prepared:
             return
+        self.task.check_call(self.student, batch, "student")
+        if isinstance(self.teacher, LiveTeacher):
+            self.task.check_call(self.teacher.model, batch, "teacher")
         was_training = self.student.training
         self.student.eval()
         with torch.no_grad():
             t_feats = self.teacher(batch) if self.teacher is not None else {}
-            _, s_feats = self._student_taps(batch["input"])
+            args, kwargs = self.task.model_arguments(batch)
+            _, s_feats = self._student_taps(*args, **kwargs)
         self.student.train(was_training)
+        if "target" in batch:  # a target of the wrong kind fails here, with the task and both shapes named
+            self.task.check_target(s_feats["logits"], batch["target"])
+            if "logits" in t_feats and self.task.family == "class":
+                _check_same_classes(s_feats["logits"], t_feats["logits"], self.task)
         with seeded(seed, "adapters"):
             self.method.setup(s_feats, t_feats)
         device = next(self.student.parameters()).device
@@ -127,20 +166,27 @@ class Distiller(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not self.prepared:
             self.prepare(batch)
-        x = batch["input"]
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        args, kwargs = self.task.model_arguments(batch)
+        if self.channels_last and args and torch.is_tensor(args[0]) and args[0].dim() == 4:
+            args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
         t_feats = self.teacher_outputs(batch)
-        logits, s_feats = self._student_taps(x)
+        output, s_feats = self._student_taps(*args, **kwargs)
+        pred = s_feats["logits"]
         losses: dict[str, torch.Tensor] = {}
         if self.ce_weight:
-            losses["ce"] = self.ce_weight * cross_entropy(
-                logits.float(), batch["target"], label_smoothing=self.label_smoothing
-            )
+            losses[self.task_term] = self.ce_weight * self.task.loss(pred, batch, self.label_smoothing)
         s_feats = {k: v.float() if v.is_floating_point() else v for k, v in s_feats.items()}
-        for name, value in self.method(s_feats, t_feats, batch, epoch).items():
+        view: Mapping[str, Any] = batch
+        if self.task.family == "class":
+            # logit methods act over the class dim at every valid position (per pixel, per token)
+            s_feats["logits"], t_logits, view = self.task.method_view(s_feats["logits"], t_feats.get("logits"), batch)
+            if t_logits is not None:
+                t_feats = {**t_feats, "logits": t_logits}
+        elif self.task.family == "output":
+            view = {**batch, "position_mask": self.task.feature_mask(batch)}
+        for name, value in self.method(s_feats, t_feats, view, epoch).items():
             losses[name] = self.method.weight(name, epoch) * value
-        return logits, losses
+        return pred, losses
 
     # -- parameters and export --------------------------------------------------------------------------
     def trainable_parameters(self) -> Iterator[nn.Parameter]:

@@ -8,7 +8,6 @@ last epoch, and that last-epoch number is what reports show.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,99 +16,141 @@ from typing import Any
 import torch
 from torch import nn
 
+from featdistill.components import build_model_from_config, load_weights, sha256_file
 from featdistill.config import ConfigError, ExperimentConfig, ModelConfig, dump_config
-from featdistill.seeding import seeded
 
-__all__ = ["RunResult", "run_experiment", "build_model_from_config", "load_weights", "evaluate_accuracy"]
+__all__ = [
+    "RunResult",
+    "run_experiment",
+    "build_model_from_config",
+    "build_model",
+    "build_data",
+    "load_data",
+    "load_weights",
+    "evaluate_accuracy",
+    "sha256_file",
+]
 
 
 @dataclass
 class RunResult:
+    """What one run gives: the task's metrics on test (last epoch), validation (last and best) and cost.
+
+    ``test`` holds every metric of the task (``top1`` and ``loss`` for classification; ``miou``, ``pixel_acc``
+    for segmentation; ``perplexity`` for causal LM; ``mse``/``mae``; ``psnr``/``ssim``); ``primary_metric``
+    names the one tables report first. ``test_top1`` and friends exist only for classification tasks.
+    """
+
     run_dir: Path
-    test_top1: float
-    val_top1: float | None
-    best_val_top1: float | None
+    task: str
+    primary_metric: str
+    test: dict[str, float]
+    val: dict[str, float] | None
+    best_val: dict[str, float] | None
     best_epoch: int | None
     train_seconds: float
     images_per_s: float | None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def test_primary(self) -> float:
+        return self.test[self.primary_metric]
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    @property
+    def test_top1(self) -> float | None:
+        return self.test.get("top1")
 
+    @property
+    def val_top1(self) -> float | None:
+        return (self.val or {}).get("top1")
 
-def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) -> nn.Module:
-    """Load weights safely: safetensors, or a torch file with ``weights_only=True`` (never plain pickle)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"checkpoint {str(p)!r} does not exist; train the model first or fix the path")
-    if sha256 is not None and sha256_file(p) != sha256.lower():
-        raise ConfigError(f"checkpoint {p}: sha256 mismatch (expected {sha256}); refusing to load it")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    @property
+    def best_val_top1(self) -> float | None:
+        return (self.best_val or {}).get("top1")
 
-        state = load_file(str(p))
-    else:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-        state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(
-            f"checkpoint {p} does not fit {type(model).__name__}: missing keys {missing[:5]}"
-            f"{'…' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+    def to_dict(self) -> dict[str, Any]:
+        """``result.json``: the task's metrics by name (``test_<metric>``), never a metric the task lacks."""
+        key = self.primary_metric
+        out: dict[str, Any] = {"run_dir": str(self.run_dir), "task": self.task, "primary_metric": key}
+        out.update({f"test_{k}": v for k, v in self.test.items()})
+        out[f"val_{key}"] = (self.val or {}).get(key)
+        out[f"best_val_{key}"] = (self.best_val or {}).get(key)
+        out.update(
+            best_epoch=self.best_epoch,
+            train_seconds=self.train_seconds,
+            images_per_s=self.images_per_s,
+            test=self.test,
+            val=self.val,
+            extra=self.extra,
         )
-    return model
+        return out
 
 
-def build_model_from_config(mc: ModelConfig, num_classes: int, image_shape: tuple[int, ...], seed: int, role: str):
-    """Build a zoo model with seeded initialisation (reproducible, no global RNG side effects)."""
-    from featdistill.models import build_model
-
-    c, h = image_shape[0], image_shape[-1]
-    with seeded(seed, role):
-        model = build_model(mc.model, num_classes=num_classes, in_channels=c, image_size=h, **mc.kwargs)
-    if mc.checkpoint:
-        load_weights(model, mc.checkpoint, mc.sha256)
-    return model
-
-
-@torch.no_grad()
 def evaluate_accuracy(model: nn.Module, loader, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy of ``model`` over a loader of batch dicts (eval mode, no augmentation)."""
-    was = model.training
-    model.eval()
-    correct = total = 0
-    for batch in loader:
-        logits = model(batch["input"].to(device))
-        correct += int((logits.argmax(1) == batch["target"].to(device)).sum())
-        total += int(batch["target"].numel())
-    model.train(was)
-    return correct / max(total, 1)
+    """Top-1 accuracy of a classifier over a loader of batch dicts (eval mode, no augmentation)."""
+    from featdistill.train.trainer import evaluate
+
+    return evaluate(model, loader, device=device)["top1"]
+
+
+def _split(
+    labels: torch.Tensor | None, n: int, fraction: float, seed: int, val_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, held out)`` positions: stratified by class where there are class labels, else uniform."""
+    from featdistill.data import stratified_split
+    from featdistill.data._seeding import generator_for
+
+    if labels is not None:
+        return stratified_split(labels, fraction, seed=seed, val_size=val_size)
+    k = int(round(n * fraction)) if val_size is None else int(val_size)
+    perm = torch.randperm(n, generator=generator_for("random_split", seed))
+    return torch.sort(perm[k:]).values, torch.sort(perm[:k]).values
+
+
+def load_data(cfg: ExperimentConfig) -> tuple[Any, Any]:
+    """``(train, test)`` datasets of a config: a registered name, or the user's ``data.train``/``data.test``."""
+    from featdistill.data import load_dataset
+
+    d = cfg.data
+    if d.train is not None and d.test is not None:
+        from featdistill.components import instantiate
+        from featdistill.data.batching import TorchDataset
+
+        def wrap(section: Any, role: str) -> Any:
+            ds = instantiate(section.class_path, section.init_args, f"data.{role}.class_path")
+            if callable(getattr(ds, "batch", None)) and callable(getattr(ds, "fingerprint", None)):
+                return ds  # already keeps the loader contract (an ArrayDataset / ImageDataset)
+            identity = f"{section.class_path}|{sorted(section.init_args.items())}"
+            return TorchDataset(ds, name=f"{section.class_path}-{role}", identity=identity)
+
+        return wrap(d.train, "train"), wrap(d.test, "test")
+    assert d.name is not None
+    return load_dataset(d.name, root=d.root, **d.kwargs)
 
 
 def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1, num_views: int | None = None):
     """Dataset, split and loaders for a config: (train_set, test_set, train_loader, val_loader, test_loader)."""
-    from featdistill.data import Augmenter, ViewConfig, ViewLoader, eval_loader, load_dataset, stratified_split
+    from featdistill.data import Augmenter, ViewConfig, ViewLoader, eval_loader
 
     d = cfg.data
-    train_set, test_set = load_dataset(d.name, root=d.root, **d.kwargs)
+    train_set, test_set = load_data(cfg)
+    labels = getattr(train_set, "stratify_labels", None)
     if d.val_fraction > 0:
-        tr_idx, val_idx = stratified_split(train_set.targets, d.val_fraction, seed=cfg.seed)
+        tr_idx, val_idx = _split(labels, len(train_set), d.val_fraction, cfg.seed)
     else:
         tr_idx, val_idx = torch.arange(len(train_set)), None
     if d.subset is not None and d.subset < len(tr_idx):
         # a stratified, seeded subset (the indices are sorted by class in many datasets: never slice them)
-        keep, _ = stratified_split(
-            train_set.targets[tr_idx], 1.0 - d.subset / len(tr_idx), seed=cfg.seed, val_size=len(tr_idx) - d.subset
-        )
+        sub_labels = labels[tr_idx] if labels is not None else None
+        keep, _ = _split(sub_labels, len(tr_idx), 0.0, cfg.seed, val_size=len(tr_idx) - d.subset)
         tr_idx = tr_idx[keep]
     aug = d.augment
     view_cfg = ViewConfig(pad_crop=aug.pad_crop, flip=aug.flip, resized_crop=aug.resized_crop)
+    if not view_cfg.is_identity and not _is_image_data(train_set):
+        raise ConfigError(
+            f"data.augment = {aug.model_dump()} crops/flips images, but {getattr(train_set, 'name', 'the dataset')} "
+            "has no image inputs; remove data.augment"
+        )
     augmenter = Augmenter(view_cfg, seed=cfg.seed)
     train_loader = ViewLoader(
         train_set,
@@ -128,30 +169,62 @@ def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1, num_vi
     return train_set, test_set, augmenter, train_loader, val_loader, test_loader
 
 
-def build_teacher(cfg: ExperimentConfig, train_set, augmenter, num_classes: int):
+def _is_image_data(ds: Any) -> bool:
+    from featdistill.data import ImageDataset
+
+    return isinstance(ds, ImageDataset) or bool(getattr(ds, "image_input", False))
+
+
+def data_meta(cfg: ExperimentConfig, train_set: Any) -> dict[str, Any]:
+    """What models are built for: classes, input shape, the task name and the dataset's ``info``."""
+    info = dict(getattr(train_set, "info", {}) or {})
+    if getattr(train_set, "mean", None) is not None and "mean" not in info:  # e.g. srnet de-normalises its skip
+        info["mean"], info["std"] = list(train_set.mean), list(train_set.std)
+    num_classes = int(getattr(train_set, "num_classes", 0) or info.get("vocab_size", 0) or 0)
+    if cfg.task is not None and cfg.task.num_classes:
+        num_classes = cfg.task.num_classes
+    return {
+        "num_classes": num_classes,
+        "image_shape": tuple(getattr(train_set, "image_shape", ())),
+        "task": cfg.task.name if cfg.task is not None else "classification",
+        "info": info,
+    }
+
+
+def build_model(mc: ModelConfig, meta: dict[str, Any], seed: int, role: str) -> nn.Module:
+    """:func:`featdistill.components.build_model_from_config` for this run's data (see :func:`data_meta`)."""
+    return build_model_from_config(
+        mc, meta["num_classes"], meta["image_shape"], seed, role, task=meta["task"], info=meta["info"]
+    )
+
+
+def build_teacher(cfg: ExperimentConfig, train_set, augmenter, num_classes: int | None = None):
     """The teacher source: a live frozen model, or a ``CachedTeacher`` over a validated store."""
     if cfg.teacher is None:
         return None, None
     t = cfg.teacher
+    meta = data_meta(cfg, train_set)
+    if num_classes is not None:
+        meta["num_classes"] = num_classes
     if t.source == "store":
         from featdistill.cache import CachedTeacher, TeacherStore
 
-        expect: dict[str, Any] = {"dataset": train_set, "augmentation": augmenter, "model_name": t.model}
+        expect: dict[str, Any] = {"dataset": train_set, "augmentation": augmenter, "model_name": t.display_name}
         if t.checkpoint:  # with the weights at hand, also prove the store holds *this* teacher's outputs
-            expect["teacher"] = build_model_from_config(
-                t, num_classes, tuple(train_set.image_shape), cfg.seed, "teacher"
-            )
+            expect["teacher"] = build_model(t, meta, cfg.seed, "teacher")
         return CachedTeacher(TeacherStore.open(t.store, expect=expect)), None
-    if not t.checkpoint:
+    trained_hf = t.hf is not None and t.hf.path is not None
+    if not t.checkpoint and not trained_hf:
         raise ConfigError(
             "teacher.checkpoint is required for a live teacher: a randomly initialised teacher teaches nothing "
-            "(train one with `featdistill train` and point teacher.checkpoint at its student.safetensors)"
+            "(train one with `featdistill train` and point teacher.checkpoint at its student.safetensors, or give "
+            "a trained Hugging Face folder as teacher.hf.path)"
         )
-    model = build_model_from_config(t, num_classes, tuple(train_set.image_shape), cfg.seed, "teacher")
+    model = build_model(t, meta, cfg.seed, "teacher")
     return model, model
 
 
-def _method_params(cfg: ExperimentConfig, num_classes: int, image_shape: tuple[int, ...]) -> dict[str, Any]:
+def _method_params(cfg: ExperimentConfig, meta: dict[str, Any]) -> dict[str, Any]:
     """The method's params with every network parameter (a model section) built for this data, seeded."""
     from featdistill.methods import METHODS
     from featdistill.methods.base import module_parameters
@@ -159,8 +232,24 @@ def _method_params(cfg: ExperimentConfig, num_classes: int, image_shape: tuple[i
     params = dict(cfg.method.params)
     for key in module_parameters(METHODS[cfg.method.name]) & set(params):
         mc = ModelConfig.model_validate(params[key])
-        params[key] = build_model_from_config(mc, num_classes, image_shape, cfg.seed, f"method.{key}")
+        params[key] = build_model(mc, meta, cfg.seed, f"method.{key}")
     return params
+
+
+def _example_call(task: Any, loader: Any, device: torch.device, n: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` of the first ``n`` samples of ``loader`` (for MACs and latency of any model)."""
+    from featdistill.data.batching import to_device
+
+    batch = next(iter(loader))
+
+    def head(v: Any) -> Any:
+        if torch.is_tensor(v):
+            return v[:n]
+        if isinstance(v, dict):
+            return {k: head(x) for k, x in v.items()}
+        return v
+
+    return task.model_arguments(to_device({k: head(v) for k, v in batch.items()}, device))
 
 
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool | None = None) -> RunResult:
@@ -170,8 +259,11 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool |
     from featdistill.report import plot_run, summarize_model, write_report
     from featdistill.train import Trainer
     from featdistill.train.distributed import init_distributed
+    from featdistill.train.trainer import evaluate
 
     ctx = init_distributed(cfg.train.device)  # joins torchrun's process group when WORLD_SIZE > 1
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
     run_dir = cfg.resolved_run_dir()
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -190,19 +282,30 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool |
     train_set, test_set, augmenter, train_loader, val_loader, test_loader = build_data(
         cfg, ctx.rank, ctx.world_size, num_views
     )
-    num_classes = train_set.num_classes
-    image_shape = tuple(train_set.image_shape)
-    student = build_model_from_config(cfg.student, num_classes, image_shape, cfg.seed, "student")
-    teacher, teacher_model = build_teacher(cfg, train_set, augmenter, num_classes)
+    meta = data_meta(cfg, train_set)
+    assert cfg.task is not None
+    task = cfg.task.build(meta["num_classes"] or None)
+    student = build_model(cfg.student, meta, cfg.seed, "student")
+    teacher, teacher_model = build_teacher(cfg, train_set, augmenter)
     m = cfg.method
-    method = build_method(m.name, **_method_params(cfg, num_classes, image_shape), weights=m.weights or None)
-    distiller = Distiller(student, method, teacher, ce_weight=m.ce_weight, label_smoothing=m.label_smoothing)
-    distiller.fit_data(train_loader, num_classes)
+    method = build_method(m.name, **_method_params(cfg, meta), weights=m.weights or None)
+    distiller = Distiller(
+        student,
+        method,
+        teacher,
+        ce_weight=m.ce_weight,
+        label_smoothing=m.label_smoothing,
+        task=task,
+        student_output=cfg.student.output,
+        teacher_output=cfg.teacher.output if cfg.teacher is not None else None,
+    )
+    distiller.fit_data(train_loader, meta["num_classes"])
     distiller.student_spec = {
-        "model": cfg.student.model,
-        "kwargs": cfg.student.kwargs,
-        "num_classes": num_classes,
-        "image_shape": list(image_shape),
+        "model": cfg.student.display_name,
+        "kwargs": cfg.student.kwargs or cfg.student.init_args,
+        "num_classes": meta["num_classes"],
+        "image_shape": list(meta["image_shape"]),
+        "task": task.name,
     }
 
     train_cfg = cfg.train if progress is None else cfg.train.model_copy(update={"progress": progress})
@@ -210,38 +313,52 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool |
     result = trainer.fit()
 
     device = next(student.parameters()).device
-    test_top1 = evaluate_accuracy(student, test_loader, device)
+    test = evaluate(student, test_loader, device=device, task=task, output=cfg.student.output)
+    key = task.primary_metric
+    best = dict(result.best or {})
     out = RunResult(
         run_dir=run_dir,
-        test_top1=test_top1,
-        val_top1=(result.last or {}).get("top1"),
-        best_val_top1=(result.best or {}).get("top1"),
-        best_epoch=(result.best or {}).get("epoch"),
+        task=task.name,
+        primary_metric=key,
+        test=test,
+        val=dict(result.last) if result.last else None,
+        best_val=best or None,
+        best_epoch=best.get("epoch"),
         train_seconds=result.train_seconds,
         images_per_s=result.images_per_s,
     )
     if ctx.is_main:
         summaries = []
-        shape = image_shape
+        one = _example_call(task, test_loader, device, 1)
+        many = _example_call(task, test_loader, device, 64)
         if teacher_model is not None:
-            t_acc = evaluate_accuracy(teacher_model, test_loader, device)
-            summaries.append(summarize_model("teacher", cfg.teacher.model, teacher_model, shape, t_acc))
-            out.extra["teacher_test_top1"] = t_acc
-        summaries.append(summarize_model("student", cfg.student.model, student, shape, test_top1))
-        plots = plot_run(run_dir)
+            assert cfg.teacher is not None
+            t_test = evaluate(teacher_model, test_loader, device=device, task=task, output=cfg.teacher.output)
+            summaries.append(
+                summarize_model("teacher", cfg.teacher.display_name, teacher_model, one, t_test[key], many, key)
+            )
+            out.extra["teacher_test"] = t_test
+            out.extra[f"teacher_test_{key}"] = t_test[key]
+        summaries.append(summarize_model("student", cfg.student.display_name, student, one, test[key], many, key))
+        plots = plot_run(run_dir, metric=key)
+        val_last, val_best = (out.val or {}).get(key), (out.best_val or {}).get(key)
+        data_name = cfg.data.name or (cfg.data.train.class_path if cfg.data.train is not None else "data")
+        better = "higher" if task.primary_mode == "max" else "lower"
         write_report(
             run_dir,
-            f"{cfg.experiment}: {cfg.method.name} on {cfg.data.name}",
+            f"{cfg.experiment}: {cfg.method.name} on {data_name} ({task.name})",
             summaries,
             extra={
+                "task": f"{task.name} (primary metric: {key}, {better} is better)",
                 "method": cfg.method.name,
-                "validation top-1 (last / best)": f"{out.val_top1} / {out.best_val_top1} (epoch {out.best_epoch})",
+                "test metrics (last epoch)": ", ".join(f"{k} {v:.4g}" for k, v in test.items()),
+                f"validation {key} (last / best)": f"{val_last} / {val_best} (epoch {out.best_epoch})",
                 "training time": f"{out.train_seconds:.1f} s",
-                "throughput": f"{out.images_per_s:.0f} images/s" if out.images_per_s else "–",
+                "throughput": f"{out.images_per_s:.0f} samples/s" if out.images_per_s else "–",
+                "threads": str(torch.get_num_threads()),
             },
             plots=plots,
+            metric=key,
         )
-        (run_dir / "result.json").write_text(
-            json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in out.__dict__.items()}, indent=2)
-        )
+        (run_dir / "result.json").write_text(json.dumps(out.to_dict(), indent=2))
     return out

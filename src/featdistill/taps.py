@@ -167,8 +167,10 @@ class Taps:
         finally:
             self._active = False
         for name, spec in self.specs.items():
-            if spec.path == LOGITS:
-                self._features[name] = _select(output, spec.select, name or "logits")
+            if spec.path == LOGITS:  # the prediction: a tensor, a tuple element or a ModelOutput key
+                from featdistill.tasks.base import read_output
+
+                self._features[name] = read_output(output, spec.select, f"{type(self.model).__name__} (tap {name!r})")
         missing = [n for n in self.specs if n not in self._features]
         if missing:
             raise RuntimeError(

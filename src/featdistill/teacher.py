@@ -46,9 +46,16 @@ class LiveTeacher:
     teacher's outputs are returned in float32 so that losses are computed at full precision.
     """
 
-    def __init__(self, model: nn.Module, taps: Mapping[str, TapSpec | str | Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        taps: Mapping[str, TapSpec | str | Mapping[str, Any]],
+        task: Any = None,
+    ) -> None:
         self.model = freeze(model)
         self.specs = {name: as_tap_spec(s) for name, s in taps.items()}
+        #: how a batch calls the teacher (``task.model_arguments``); default: ``batch["input"]`` positionally
+        self.task = task
         only_logits = all(s.path == LOGITS for s in self.specs.values())
         self._taps = Taps(self.model, self.specs, stop_early=not only_logits)
         self.channels_last = False
@@ -66,13 +73,16 @@ class LiveTeacher:
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-    def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = batch["input"]
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        if self.task is not None:
+            args, kwargs = self.task.model_arguments(batch)
+        else:
+            args, kwargs = (batch["input"],), {}
+        if self.channels_last and args and torch.is_tensor(args[0]) and args[0].dim() == 4:
+            args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
         self.model.eval()
         with torch.inference_mode():
-            _, feats = self._taps(x)
+            _, feats = self._taps(*args, **kwargs)
         # Clone out of inference mode so the tensors can take part in autograd graphs as constants.
         return {k: v.float().clone() for k, v in feats.items()}
 

@@ -144,6 +144,27 @@ class ImageDataset:
             std=self.std,
         )
 
+    @property
+    def stratify_labels(self) -> Tensor:
+        """The class ids splits are stratified by."""
+        return self.targets
+
+    def batch(
+        self,
+        sample_ids: Tensor,
+        view_ids: Tensor,
+        augmenter: object | None,
+        normalize: bool = True,
+        device: torch.device | str | None = None,
+    ) -> dict[str, Tensor]:
+        """``{"input", "target"}`` of these views (:func:`featdistill.data.loaders.make_inputs`): the loader
+        contract every dataset keeps, so a view renders identically for training and for the teacher store."""
+        from featdistill.data.loaders import make_inputs
+
+        sid = torch.as_tensor(sample_ids, dtype=torch.long).reshape(-1)
+        x = make_inputs(self, sid, view_ids, augmenter, normalize, device)  # type: ignore[arg-type]
+        return {"input": x, "target": self.targets[sid]}
+
     def class_counts(self) -> Tensor:
         """``(num_classes,)`` number of samples per class."""
         return torch.bincount(self.targets, minlength=self.num_classes)

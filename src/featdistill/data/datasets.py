@@ -42,6 +42,7 @@ from featdistill.data.formats import (
     write_mnist_idx,
 )
 from featdistill.data.splits import stratified_split
+from featdistill.data.task_registry import TASK_DATASETS
 
 __all__ = [
     "ImageDataset",
@@ -285,6 +286,7 @@ DATASETS: dict[str, Callable[..., object]] = {
     "mnist-idx": _needs_root(load_mnist_idx, "mnist-idx"),
     "image-folder": _needs_root(load_image_folder, "image-folder"),
 }
+DATASETS.update(TASK_DATASETS)  # segmentation, language, forecasting, super-resolution (lazily imported)
 
 
 def list_datasets() -> list[str]:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from featdistill.data._seeding import generator_for
 from featdistill.data.base import ImageDataset
+from featdistill.data.batching import to_device
 from featdistill.data.views import NO_AUGMENT, Augmenter, ViewPolicy, view_for_epoch
 
 __all__ = ["ViewLoader", "eval_loader", "render_views", "make_inputs"]
@@ -207,10 +208,10 @@ class ViewLoader:
                 vid = torch.full_like(sid, NO_AUGMENT)
             else:
                 vid = view_for_epoch(self.policy, self.epoch, sid, self.num_views, self.seed)
-            x = make_inputs(self.dataset, sid, vid, self.augmenter, self.normalize, self.device)
-            batch = {"input": x, "target": self.dataset.targets[sid], "sample_id": sid, "view_id": vid}
+            batch = dict(self.dataset.batch(sid, vid, self.augmenter, self.normalize, self.device))
+            batch["sample_id"], batch["view_id"] = sid, vid
             if self.device is not None:
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                batch = {k: to_device(v, self.device) for k, v in batch.items()}
             yield batch
 
     def __iter__(self) -> Iterator[Batch]:

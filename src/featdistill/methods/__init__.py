@@ -18,6 +18,7 @@ from featdistill.methods import (  # noqa: F401  (registration)
     mealv2,
     nd,
     ofa,
+    output,
     pela,
 )
 from featdistill.methods.base import METHODS, Method, build_method, list_methods, register_method

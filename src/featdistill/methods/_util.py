@@ -17,7 +17,28 @@ from torch import nn
 
 from featdistill.taps import Taps, TapSpec, resolve_module
 
-__all__ = ["collect_features", "unregistered", "infer_embedding_dim", "model_device"]
+__all__ = ["collect_features", "unregistered", "infer_embedding_dim", "model_device", "valid_tokens", "pool_tokens"]
+
+
+def _fits(feat: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    return mask is not None and feat.ndim == 3 and tuple(feat.shape[:2]) == tuple(mask.shape)
+
+
+def valid_tokens(feat: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A ``(B, L, D)`` sequence feature at its non-padding positions ``(N, D)``; other features unchanged.
+
+    ``mask`` is the task's position mask (``batch["position_mask"]``, e.g. the attention mask); padding tokens
+    carry no information the student should imitate.
+    """
+    return feat[mask.bool()] if _fits(feat, mask) else feat  # type: ignore[union-attr]
+
+
+def pool_tokens(feat: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of a ``(B, L, D)`` sequence feature over its non-padding positions → ``(B, D)``; others unchanged."""
+    if not _fits(feat, mask):
+        return feat
+    m = mask.to(feat.dtype)[..., None]  # type: ignore[union-attr]
+    return (feat * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
 def model_device(model: nn.Module) -> torch.device:

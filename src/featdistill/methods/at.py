@@ -23,6 +23,7 @@ class AT(Method):
     """
 
     name = "at"
+    applies_to = frozenset({"image"})
     paper = "Paying More Attention to Attention (Zagoruyko & Komodakis, ICLR 2017)"
     default_weights = {"at": 1000.0}
     default_ce_weight = 1.0

@@ -34,6 +34,12 @@ class Method(nn.Module):
     default_weights: ClassVar[dict[str, Any]] = {}
     #: the cross-entropy weight this method's reference recipe uses (the Distiller's default)
     default_ce_weight: ClassVar[float] = 1.0
+    #: the tasks a recipe applies to (checked when a config is read, and by the Distiller):
+    #: ``"any"``; ``"class"`` — every task predicting a class distribution per valid position (logit methods
+    #: act per pixel / per token); ``"output"`` — value-predicting tasks (regression, image-to-image);
+    #: ``"image"`` — any task on image inputs (spatial feature maps); ``"image-classification"`` — one class per
+    #: image (recipes built on pooled embeddings, per-image class statistics or image transforms)
+    applies_to: ClassVar[frozenset[str]] = frozenset({"image-classification"})
     #: adapter key → learning-rate multiplier for a separate optimiser group (e.g. MEAL V2's discriminator,
     #: trained at 1e-4 while the student starts at 1e-2); set per instance in ``__init__``
     lr_scales: dict[str, float]
@@ -50,6 +56,31 @@ class Method(nn.Module):
         self.weights: dict[str, Schedule] = {k: Schedule.parse(v) for k, v in merged.items()}
         self.adapters = nn.ModuleDict()
         self.lr_scales = {}
+
+    # -- tasks -------------------------------------------------------------------------------------------
+    @classmethod
+    def supports(cls, task: Any) -> bool:
+        """Whether this recipe applies to ``task`` (a Task instance or class); see :attr:`applies_to`."""
+        from featdistill.tasks.classification import Classification
+
+        task_cls = task if isinstance(task, type) else type(task)
+        kinds = cls.applies_to
+        return (
+            "any" in kinds
+            or ("class" in kinds and task_cls.family == "class")
+            or ("output" in kinds and task_cls.family == "output")
+            or ("image" in kinds and task_cls.modality == "image")
+            or (
+                "image-classification" in kinds
+                and issubclass(task_cls, Classification)
+                and task_cls.modality == "image"
+            )
+        )
+
+    def check_task(self, task: Any) -> None:
+        """Refuse a task this recipe cannot apply to, naming the recipes that can."""
+        if not type(self).supports(task):
+            raise ValueError(unsupported_task_message(self.name, task))
 
     # -- wiring -----------------------------------------------------------------------------------------
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
@@ -95,6 +126,21 @@ class Method(nn.Module):
 
     def weight(self, term: str, epoch: float) -> float:
         return self.weights[term](epoch) if term in self.weights else 1.0
+
+
+def unsupported_task_message(method: str, task: Any) -> str:
+    """``method 'dkd' does not apply to task 'regression' …; methods that do: …`` (one line)."""
+    task_cls = task if isinstance(task, type) else type(task)
+    able = sorted(n for n, c in METHODS.items() if n not in ("compose",) and c.supports(task_cls))
+    why = {
+        "class": "it distils class distributions",
+        "output": "it matches value outputs",
+        "image": "it needs image feature maps",
+        "image-classification": "it needs one class per image",
+    }
+    kinds = METHODS[method].applies_to if method in METHODS else frozenset()
+    reason = "; ".join(why[k] for k in sorted(kinds) if k in why) or "it declares no such task"
+    return f"method {method!r} does not apply to task {task_cls.name!r} ({reason}); methods that do: {', '.join(able)}"
 
 
 def middle_stage(model: nn.Module) -> str:

@@ -14,6 +14,7 @@ class StudentOnly(Method):
     """No teacher: train the student on labels (the Distiller adds the cross-entropy term)."""
 
     name = "none"
+    applies_to = frozenset({"any"})
     paper = "baseline: the student trained alone"
     needs_teacher = False
 

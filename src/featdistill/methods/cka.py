@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from featdistill.losses.relations import cka_loss, linear_cka
-from featdistill.methods._util import model_device
+from featdistill.methods._util import model_device, pool_tokens
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.taps import Taps, TapSpec
 
@@ -33,6 +33,7 @@ class CKA(Method):
     """
 
     name = "cka"
+    applies_to = frozenset({"any"})
     paper = "Similarity of Neural Network Representations Revisited (Kornblith et al., ICML 2019)"
     default_weights = {"cka": 1.0}
     default_ce_weight = 1.0
@@ -64,7 +65,11 @@ class CKA(Method):
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
         n = len(self.student_paths or [])
-        terms = [cka_loss(student_feats[f"cka{i}"], teacher_feats[f"cka{i}"]) for i in range(n)]
+        mask = batch.get("position_mask")  # sequence tasks: each sample is its mean over non-padding tokens
+        terms = [
+            cka_loss(pool_tokens(student_feats[f"cka{i}"], mask), pool_tokens(teacher_feats[f"cka{i}"], mask))
+            for i in range(n)
+        ]
         return {"cka": torch.stack(terms).sum()}
 
 

@@ -25,6 +25,7 @@ class Compose(Method):
     """
 
     name = "compose"
+    applies_to = frozenset({"any"})  # refined per instance: every part must apply (check_task)
     paper = "composition of recipes (e.g. KD + FitNets hint)"
     default_weights: dict[str, Any] = {}
 
@@ -45,6 +46,10 @@ class Compose(Method):
         names = [p.name for p in built]
         if len(set(names)) != len(names):
             raise ValueError(f"compose: each recipe may appear once, got {names}")
+
+    def check_task(self, task: Any) -> None:
+        for p in self.parts:
+            p.check_task(task)
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
         for p in self.parts:

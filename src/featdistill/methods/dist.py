@@ -21,6 +21,7 @@ class DIST(Method):
     """
 
     name = "dist"
+    applies_to = frozenset({"class"})
     paper = "Knowledge Distillation from A Stronger Teacher (Huang et al., NeurIPS 2022)"
     default_weights = {"dist": 1.0}
     default_ce_weight = 1.0

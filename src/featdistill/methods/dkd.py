@@ -21,6 +21,7 @@ class DKD(Method):
     """
 
     name = "dkd"
+    applies_to = frozenset({"class"})
     paper = "Decoupled Knowledge Distillation (Zhao et al., CVPR 2022)"
     default_weights = {"dkd": {"value": 1.0, "warmup": 20}}
     default_ce_weight = 1.0

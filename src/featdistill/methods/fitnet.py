@@ -10,6 +10,7 @@ from torch import nn
 
 from featdistill.adapters import AdapterKind
 from featdistill.losses.features import fitnet_loss
+from featdistill.methods._util import valid_tokens
 from featdistill.methods.base import Features, Method, middle_stage, register_method
 from featdistill.taps import TapSpec
 
@@ -24,6 +25,7 @@ class FitNet(Method):
     """
 
     name = "fitnet"
+    applies_to = frozenset({"any"})
     paper = "FitNets: Hints for Thin Deep Nets (Romero et al., ICLR 2015)"
     default_weights = {"hint": 100.0}
     default_ce_weight = 1.0
@@ -57,4 +59,6 @@ class FitNet(Method):
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
-        return {"hint": fitnet_loss(self.adapters["hint"](student_feats["hint"]), teacher_feats["hint"])}
+        mask = batch.get("position_mask")  # sequence tasks: padding tokens are not hinted
+        s = valid_tokens(self.adapters["hint"](student_feats["hint"]), mask)
+        return {"hint": fitnet_loss(s, valid_tokens(teacher_feats["hint"], mask))}

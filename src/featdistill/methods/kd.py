@@ -20,6 +20,7 @@ class KD(Method):
     """
 
     name = "kd"
+    applies_to = frozenset({"class"})
     paper = "Distilling the Knowledge in a Neural Network (Hinton et al., 2015)"
     default_weights = {"kd": 0.9}
     default_ce_weight = 0.1

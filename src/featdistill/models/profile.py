@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,18 +45,31 @@ def _example(model: nn.Module, input_shape: Sequence[int], batch: int) -> torch.
     return torch.randn(batch, *input_shape, device=device, dtype=dtype)
 
 
-def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one forward pass on one sample of ``input_shape`` (eval mode, no grad)."""
-    x = _example(model, input_shape, 1)
+#: an example call ``(args, kwargs)`` for models that do not take one image tensor (token ids, several inputs)
+ExampleCall = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def _call_of(model: nn.Module, input_shape: Sequence[int] | ExampleCall, batch: int) -> ExampleCall:
+    if isinstance(input_shape, tuple) and len(input_shape) == 2 and isinstance(input_shape[1], dict):
+        return input_shape  # type: ignore[return-value]
+    return (_example(model, input_shape, batch),), {}  # type: ignore[arg-type]
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int] | ExampleCall) -> int:
+    """Multiply-accumulates of one forward pass on one sample of ``input_shape`` (eval mode, no grad).
+
+    ``input_shape`` may instead be an example call ``(args, kwargs)`` of one sample (a Hugging Face batch).
+    """
+    args, kwargs = _call_of(model, input_shape, 1)
     with _eval_mode(model), torch.no_grad():
         counter = FlopCounterMode(display=False)
         with counter:
-            model(x)
+            model(*args, **kwargs)
     return int(counter.get_total_flops()) // 2
 
 
 def latency_per_image(
-    model: nn.Module, input_shape: Sequence[int], batch: int = 64, repeats: int = 10, warmup: int = 2
+    model: nn.Module, input_shape: Sequence[int] | ExampleCall, batch: int = 64, repeats: int = 10, warmup: int = 2
 ) -> float:
     """Median wall-clock seconds per image of an inference forward pass on batches of ``batch``.
 
@@ -65,16 +79,19 @@ def latency_per_image(
     """
     if batch < 1 or repeats < 1:
         raise ValueError(f"batch and repeats must be ≥ 1, got batch={batch}, repeats={repeats}")
-    x = _example(model, input_shape, batch)
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    args, kwargs = _call_of(model, input_shape, batch)
+    first = next((a for a in [*args, *kwargs.values()] if torch.is_tensor(a)), None)
+    if first is not None:
+        batch = int(first.shape[0])
+    sync = torch.cuda.synchronize if first is not None and first.is_cuda else (lambda: None)
     times: list[float] = []
     with _eval_mode(model), torch.inference_mode():
         for _ in range(warmup):
-            model(x)
+            model(*args, **kwargs)
         sync()
         for _ in range(repeats):
             start = time.perf_counter()
-            model(x)
+            model(*args, **kwargs)
             sync()
             times.append(time.perf_counter() - start)
     return statistics.median(times) / batch

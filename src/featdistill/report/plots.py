@@ -23,8 +23,9 @@ def read_metrics(path: str | Path) -> list[dict]:
     return records
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write ``loss.png`` and ``accuracy.png`` into ``run_dir``; return the written paths."""
+def plot_run(run_dir: str | Path, metric: str = "top1") -> list[Path]:
+    """Write ``loss.png`` and ``accuracy.png`` (the task's primary ``metric`` per epoch; for classification
+    every top-1) into ``run_dir``; return the written paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,14 +62,15 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     evals = [r for r in records if r.get("type") == "eval"]
     if evals:
         fig, ax = plt.subplots(figsize=(6, 4))
-        keys = sorted({k for r in evals for k in (r.get("metrics") or r) if "top1" in k or k == "accuracy"})
+        wanted = (lambda k: "top1" in k or k == "accuracy") if metric == "top1" else (lambda k: k == metric)
+        keys = sorted({k for r in evals for k in (r.get("metrics") or r) if wanted(k)})
         for k in keys:
             pts = [(r.get("epoch", 0), (r.get("metrics") or r)[k]) for r in evals if k in (r.get("metrics") or r)]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy on the evaluation split")
+        ax.set_ylabel("accuracy on the evaluation split" if metric == "top1" else f"{metric} on the evaluation split")
         ax.legend(fontsize=8)
-        ax.set_title("validation accuracy per epoch (reports use the last epoch)")
+        ax.set_title(f"validation {'accuracy' if metric == 'top1' else metric} per epoch (reports use the last epoch)")
         fig.tight_layout()
         path = run_dir / "accuracy.png"
         fig.savefig(path, dpi=110)

@@ -21,6 +21,7 @@ class ModelSummary:
     params: int
     macs: int
     latency_ms: float
+    metric: str = "top1"
 
     def row(self) -> str:
         acc = "–" if self.accuracy is None else f"{self.accuracy:.4f}"
@@ -31,16 +32,28 @@ class ModelSummary:
 
 
 def summarize_model(
-    role: str, name: str, model: nn.Module, input_shape: tuple[int, ...], accuracy: float | None
+    role: str,
+    name: str,
+    model: nn.Module,
+    input_shape: Any,
+    accuracy: float | None,
+    latency_input: Any = None,
+    metric: str = "top1",
 ) -> ModelSummary:
-    """Parameters, MACs (``torch.utils.flop_counter``) and CPU latency per image for one model."""
+    """Parameters, MACs (``torch.utils.flop_counter``) and CPU latency per sample for one model.
+
+    ``input_shape`` is one sample's shape or an example call ``(args, kwargs)`` of one sample; ``latency_input``
+    an example call of a batch (default: 64 random samples of ``input_shape``); ``accuracy`` is the value of the
+    task's primary ``metric``.
+    """
     return ModelSummary(
         role=role,
         model=name,
         accuracy=accuracy,
         params=count_parameters(model),
         macs=count_macs(model, input_shape),
-        latency_ms=1e3 * latency_per_image(model, input_shape),
+        latency_ms=1e3 * latency_per_image(model, latency_input if latency_input is not None else input_shape),
+        metric=metric,
     )
 
 
@@ -50,15 +63,17 @@ def write_report(
     summaries: list[ModelSummary],
     extra: dict[str, Any] | None = None,
     plots: list[Path] | None = None,
+    metric: str = "top1",
 ) -> Path:
-    """Write ``run_dir/report.md`` (atomically)."""
+    """Write ``run_dir/report.md`` (atomically); the table shows the task's primary ``metric``."""
     from featdistill.bench import write_atomic
 
     run_dir = Path(run_dir)
+    label = "top-1" if metric == "top1" else metric
     lines = [
         f"# {title}",
         "",
-        "| role | model | test top-1 (last epoch) | params | MACs / image | CPU latency / image |",
+        f"| role | model | test {label} (last epoch) | params | MACs / sample | CPU latency / sample |",
         "|---|---|---|---|---|---|",
         *[s.row() for s in summaries],
         "",

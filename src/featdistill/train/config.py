@@ -74,8 +74,13 @@ class TrainConfig(BaseModel):
     log_every: int = Field(20, ge=1, description="write a step record every N optimiser steps")
     checkpoint_every: int = Field(1, ge=1, description="checkpoint every N epochs (the last epoch always)")
     keep_checkpoints: int = Field(2, ge=1, description="how many epoch checkpoints to keep on disk")
-    best_metric: str = Field("top1", min_length=1, description="eval metric that defines the best epoch")
-    best_mode: Literal["max", "min"] = "max"
+    best_metric: str | None = Field(
+        None, min_length=1, description="eval metric that defines the best epoch (default: the task's primary)"
+    )
+    best_mode: Literal["max", "min"] | None = Field(None, description="default: the task's (min for perplexity, MSE)")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads (default: torch's; on a busy machine set it to the free cores)"
+    )
     tensorboard: bool = False
     progress: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -35,9 +35,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as tdist
-import torch.nn.functional as F
 from torch import nn
 
+from featdistill.data.batching import batch_size_of, to_device
 from featdistill.train import checkpoint as ckpt
 from featdistill.train.config import (
     TRAJECTORY_IRRELEVANT_KEYS,
@@ -159,13 +159,13 @@ def build_optimizer(
     return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
 
 
-def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
+def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> dict[str, Any]:
+    """The batch on ``device``, nested structures included (a Hugging Face ``input`` mapping)."""
+    out: dict[str, Any] = {}
     for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.to(device, non_blocking=True)
-            if k == "input" and channels_last and v.dim() == 4:
-                v = v.contiguous(memory_format=torch.channels_last)
+        v = to_device(v, device)
+        if k == "input" and channels_last and torch.is_tensor(v) and v.dim() == 4:
+            v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
     return out
 
@@ -183,33 +183,33 @@ def evaluate(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    task: Any = None,
+    output: int | str | None = None,
+    sync: bool = False,
 ) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy of ``model`` (logits-only forward) on ``loader``.
+    """The task's metrics of ``model`` on ``loader`` (default task: classification — ``top1``, mean CE ``loss``).
 
-    The model is put in eval mode and restored afterwards; the CE is computed in fp32 even under autocast.
+    The model is put in eval mode and restored afterwards; predictions are read in fp32 even under autocast.
+    Metrics accumulate sums over the batches (torchmetrics states); ``sync=True`` combines them over DDP ranks
+    (each rank evaluates its shard). ``n`` is the number of samples.
     """
+    from featdistill.tasks.classification import Classification
+
+    task = task if task is not None else Classification()
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    n = 0
+    metrics = task.new_metrics(device, sync=sync)
     try:
         with torch.inference_mode():
             for batch in loader:
                 b = _to_device(batch, device, channels_last)
                 with _autocast(device, amp_dtype):
-                    logits = model(b["input"])
-                logits = logits.float()
-                y = b["target"]
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-                correct += (logits.argmax(dim=1) == y).sum()
-                n += int(y.shape[0])
+                    pred = task.predict(model, b, output)
+                metrics.update(pred.float(), b)
     finally:
         model.train(was_training)
-    if n == 0:
-        raise ValueError("the eval loader yielded no samples; cannot compute accuracy")
-    return {"top1": correct.item() / n, "loss": loss_sum.item() / n, "n": float(n)}
+    return metrics.compute()
 
 
 class _MetricsLog:
@@ -355,6 +355,12 @@ class Trainer:
         self.dist = dist if dist is not None else current_context(config.device)
         self.callbacks = list(callbacks)
         self.device = self.dist.device
+        #: the distiller's task (how batches call the student, its metrics); ``None`` = classification
+        self.task = getattr(distiller, "task", None)
+        self.student_output = getattr(getattr(distiller, "_student_taps", None), "specs", {}).get("logits")
+        self.student_output = None if self.student_output is None else self.student_output.select
+        if config.threads is not None:  # measured: oversubscribed cores made 2-core runs 10-20x slower
+            torch.set_num_threads(int(config.threads))
         self.amp_dtype = resolve_precision(config.precision, self.device)
         teacher_model = self._teacher_model()
         self.channels_last = resolve_channels_last(
@@ -392,6 +398,8 @@ class Trainer:
             "world_size": self.dist.world_size,
             "steps_per_epoch": len(self.train_loader),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "task": getattr(self.task, "name", "classification"),
             "torch": torch.__version__,
         }
 
@@ -539,28 +547,19 @@ class Trainer:
         """
         ctx, student = self.dist, self.student
         sharded = ctx.enabled and getattr(self.eval_loader, "world_size", 1) == ctx.world_size
-        if self.eval_fn is None and sharded:
-            m = evaluate(
-                student,
-                self.eval_loader or [],
-                device=self.device,
-                amp_dtype=self.amp_dtype,
-                channels_last=self.channels_last,
-            )
-            v = torch.tensor([m["top1"] * m["n"], m["loss"] * m["n"], m["n"]], dtype=torch.float64, device=self.device)
-            all_reduce_sum(v, ctx)
-            n = v[2].item()
-            return {"top1": v[0].item() / n, "loss": v[1].item() / n, "n": n}
+        kw = {
+            "device": self.device,
+            "amp_dtype": self.amp_dtype,
+            "channels_last": self.channels_last,
+            "task": self.task,
+            "output": self.student_output,
+        }
+        if self.eval_fn is None and sharded:  # every rank its shard; torchmetrics combines the states exactly
+            return evaluate(student, self.eval_loader or [], sync=True, **kw)
         metrics: dict[str, float] | None = None
         if ctx.is_main:
             if self.eval_fn is None:
-                metrics = evaluate(
-                    student,
-                    self.eval_loader or [],
-                    device=self.device,
-                    amp_dtype=self.amp_dtype,
-                    channels_last=self.channels_last,
-                )
+                metrics = evaluate(student, self.eval_loader or [], **kw)
             else:
                 was = student.training
                 student.eval()
@@ -572,8 +571,19 @@ class Trainer:
                     student.train(was)
         return broadcast_object(metrics, ctx)
 
+    @property
+    def best_metric(self) -> str:
+        """``train.best_metric``, or the task's primary metric (top-1, mIoU, perplexity, MSE, PSNR…)."""
+        return self.config.best_metric or (self.task.primary_metric if self.task is not None else "top1")
+
+    @property
+    def best_mode(self) -> str:
+        if self.config.best_mode is not None:
+            return self.config.best_mode
+        return self.task.primary_mode if self.task is not None and not self.config.best_metric else "max"
+
     def _update_best(self, metrics: Mapping[str, float]) -> None:
-        key = self.config.best_metric
+        key = self.best_metric
         if key not in metrics:
             raise KeyError(
                 f"train.best_metric = {key!r} is not among the eval metrics {sorted(metrics)}; "
@@ -581,7 +591,7 @@ class Trainer:
             )
         v = metrics[key]
         b = self.best.get(key)
-        better = b is None or (v > b if self.config.best_mode == "max" else v < b)
+        better = b is None or (v > b if self.best_mode == "max" else v < b)
         if better and not math.isnan(v):
             self.best = dict(metrics)
             self.best_epoch = self.epoch
@@ -715,7 +725,7 @@ class Trainer:
             step_vals = torch.cat([total.detach().reshape(1), terms]).double()
             assert sums is not None
             sums += step_vals
-            bsz = int(b["input"].shape[0])
+            bsz = batch_size_of(b)
             images += bsz
             win_images += bsz
             progress.advance()
@@ -803,7 +813,7 @@ class Trainer:
             metrics = self._evaluate()
             self._update_best(metrics)
             entry["eval"] = metrics
-            key = cfg.best_metric
+            key = self.best_metric
             mlog.write(
                 {
                     "type": "eval",
