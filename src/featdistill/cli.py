@@ -1,4 +1,4 @@
-"""The ``featdistill`` command: demo, train, cache, condense, bench, inspect, search, methods.
+"""The ``featdistill`` command: demo, train, cache, condense, bench, inspect, search, methods, tasks.
 
 Every subcommand is a thin wrapper over the Python API (the same objects, no CLI-only logic).  Expected
 errors (a bad config value, a missing file, an unknown tap path, a stale store) print one clear message
@@ -33,6 +33,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ("featdistill.train.checkpoint", "CheckpointError"),
         ("featdistill.cache", "StoreError"),
         ("featdistill.data", "DataFormatError"),
+        ("featdistill.tasks", "TaskError"),
     ]:
         try:
             errs.append(getattr(__import__(mod, fromlist=[name]), name))
@@ -46,7 +47,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from featdistill.config import load_config
     from featdistill.run import run_experiment
 
-    cfg = load_config(args.config, args.set or [])
+    overrides = list(args.set or [])
+    if args.threads is not None:
+        overrides.append(f"train.threads={args.threads}")
+    cfg = load_config(args.config, overrides)
     if args.run_dir:
         cfg = cfg.model_copy(update={"run_dir": args.run_dir})
     from featdistill.train.distributed import cleanup_distributed
@@ -56,11 +60,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         cleanup_distributed()  # under torchrun: leave the process group cleanly
     if os.environ.get("RANK", "0") == "0":  # one report per job, not one per process
+        key = res.primary_metric
+        label = "top-1" if key == "top1" else key
+        val, best = (res.val or {}).get(key), (res.best_val or {}).get(key)
         print(f"run directory: {res.run_dir}")
         print(
-            f"test top-1 (last epoch): {res.test_top1:.4f}   validation (last/best): "
-            f"{res.val_top1} / {res.best_val_top1}"
+            f"task: {res.task}   test {label} (last epoch): {res.test_primary:.4f}   validation (last/best): {val} / {best}"
         )
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from featdistill.methods import METHODS
+    from featdistill.tasks import TASKS
+
+    table = Table(title="featdistill tasks")
+    for col in ("task", "prediction", "loss", "primary metric", "methods"):
+        table.add_column(col)
+    for name in sorted(TASKS):
+        t = TASKS[name]
+        methods = ", ".join(sorted(n for n, m in METHODS.items() if n != "compose" and m.supports(t)))
+        better = "↑" if t.primary_mode == "max" else "↓"
+        table.add_row(name, t.prediction_shape, t.loss_name, f"{t.primary_metric} {better}", methods)
+    Console().print(table)
     return 0
 
 
@@ -199,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=3")
     s.add_argument("--run-dir", help="override run_dir")
     s.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    s.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (= train.threads; set it on busy machines)"
+    )
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("inspect", help="module paths with output shapes, params and MACs (to choose taps)")
@@ -251,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("methods", help="list the distillation recipes")
     s.set_defaults(func=cmd_methods)
+
+    s = sub.add_parser("tasks", help="list the tasks (prediction, loss, metric) and the methods each accepts")
+    s.set_defaults(func=cmd_tasks)
     return p
 
 

@@ -85,6 +85,12 @@ def resolve_module(model: nn.Module, path: str) -> nn.Module:
 
 
 def _select(value: Any, select: int | str | None, where: str) -> torch.Tensor:
+    if select is None and isinstance(value, Mapping) and not torch.is_tensor(value):
+        # a Hugging Face ModelOutput (or dict): its first tensor, as ``output[0]`` means in transformers
+        # (``last_hidden_state`` of an encoder); pass select=<key> for another field
+        first = next((v for v in value.values() if torch.is_tensor(v)), None)
+        if first is not None:
+            value = first
     if select is not None and not torch.is_tensor(value):
         try:
             value = value[select]
