@@ -64,9 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         label = "top-1" if key == "top1" else key
         val, best = (res.val or {}).get(key), (res.best_val or {}).get(key)
         print(f"run directory: {res.run_dir}")
-        print(
-            f"task: {res.task}   test {label} (last epoch): {res.test_primary:.4f}   validation (last/best): {val} / {best}"
-        )
+        print(f"task: {res.task}   test {label} (last epoch): {res.test_primary:.4f}")
+        print(f"validation {label} (last/best): {val} / {best}")
     return 0
 
 

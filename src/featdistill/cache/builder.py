@@ -116,7 +116,7 @@ def _dataset_identity(dataset: Any) -> dict[str, Any]:
         "name": str(getattr(dataset, "name", "dataset")),
         "fingerprint": str(dataset.fingerprint()),
         "num_samples": len(dataset),
-        "image_shape": list(getattr(dataset, "image_shape", tuple(dataset.images.shape[1:]))),
+        "image_shape": list(dataset.image_shape),
         "num_classes": int(getattr(dataset, "num_classes", 0)),
         # the loader normalises with these after augmentation: other statistics = other teacher inputs
         "mean": [float(v) for v in getattr(dataset, "mean", None) or []],
@@ -217,21 +217,28 @@ def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return r, w
 
 
-def _logits_fields(mode: str, k: int | None, num_classes: int, dtype: str) -> dict[str, dict[str, Any]]:
+def _logits_fields(
+    mode: str, k: int | None, num_classes: int, dtype: str, positions: Sequence[int] = ()
+) -> dict[str, dict[str, Any]]:
+    """Stored fields of the prediction: ``(*positions, C)`` full values or ``(*positions, k)`` top-k records.
+
+    ``positions`` is ``()`` for one prediction per sample, ``(H, W)`` per pixel, ``(L,)`` per token; the class
+    (or value) dimension is stored last."""
+    pos = [int(p) for p in positions]
     if mode == "full":
-        return {"logits": {"dtype": dtype, "shape": [num_classes]}}
+        return {"logits": {"dtype": dtype, "shape": [*pos, num_classes]}}
     if mode == "topk":
         assert k is not None
         return {
-            "logits_topk_logp": {"dtype": dtype, "shape": [k]},
-            "logits_topk_idx": {"dtype": index_dtype_for(num_classes), "shape": [k]},
-            "logits_rest_logp": {"dtype": dtype, "shape": []},
+            "logits_topk_logp": {"dtype": dtype, "shape": [*pos, k]},
+            "logits_topk_idx": {"dtype": index_dtype_for(num_classes), "shape": [*pos, k]},
+            "logits_rest_logp": {"dtype": dtype, "shape": pos},
         }
     return {}
 
 
 def _compress_logits(z: torch.Tensor, mode: str, k: int | None) -> dict[str, torch.Tensor]:
-    """Full logits, or top-k log-probabilities + indices + the log of the remaining mass.
+    """Full logits, or top-k log-probabilities + indices + the log of the remaining mass, over the LAST dim.
 
     The remaining mass is ``logsumexp`` over the non-top-k logits minus ``logsumexp`` over all of them,
     computed in float32 from the logits (not as ``1 − Σ top-k``, which cancels to 0 for a confident teacher).
@@ -240,11 +247,37 @@ def _compress_logits(z: torch.Tensor, mode: str, k: int | None) -> dict[str, tor
     if mode == "full":
         return {"logits": z}
     assert k is not None
-    logp = F.log_softmax(z, dim=1)
-    vals, idx = logp.topk(k, dim=1)
-    rest = logp.scatter(1, idx, float("-inf"))
-    rest_logp = torch.logsumexp(rest, dim=1) if k < z.shape[1] else torch.full_like(z[:, 0], float("-inf"))
+    logp = F.log_softmax(z, dim=-1)
+    vals, idx = logp.topk(k, dim=-1)
+    rest = logp.scatter(-1, idx, float("-inf"))
+    rest_logp = torch.logsumexp(rest, dim=-1) if k < z.shape[-1] else torch.full_like(z[..., 0], float("-inf"))
     return {"logits_topk_logp": vals, "logits_topk_idx": idx, "logits_rest_logp": rest_logp}
+
+
+def prediction_layout(task: Any, pred: torch.Tensor) -> dict[str, Any]:
+    """How a task's prediction ``(B, …)`` is stored: class dim moved last, the positions before it.
+
+    Classification ``(B, C)`` → positions ``()``; segmentation ``(B, C, H, W)`` → ``(H, W)``, class dim 1 moved
+    last; token tasks ``(B, L, V)`` → ``(L,)``; value outputs (regression, image-to-image) are stored as they
+    are (``family: output``, no class dim)."""
+    family = getattr(task, "family", "class")
+    shape = list(pred.shape[1:])
+    if family != "class":
+        return {"family": family, "class_dim": None, "positions": [], "classes": 0, "value_shape": shape}
+    cd = int(getattr(task, "class_dim", 1)) % pred.ndim
+    classes = int(pred.shape[cd])
+    positions = [d for i, d in enumerate(pred.shape) if i not in (0, cd)]
+    return {"family": "class", "class_dim": cd, "positions": positions, "classes": classes, "value_shape": shape}
+
+
+def _to_stored(pred: torch.Tensor, layout: Mapping[str, Any], size: Sequence[int] | None) -> torch.Tensor:
+    """``pred`` in stored layout: optionally area-resized per pixel (``size``), class dim last."""
+    cd = layout["class_dim"]
+    if cd is None:
+        return pred
+    if size is not None and pred.ndim == 4:
+        pred = F.interpolate(pred.float(), size=tuple(size), mode="area")
+    return pred.movedim(cd, -1) if cd != pred.ndim - 1 else pred
 
 
 def build_store(
@@ -268,10 +301,12 @@ def build_store(
     model_name: str | None = None,
     dtype: str = "float16",
     device: str | torch.device | None = None,
-    autocast: bool = False,
+    autocast: bool | str = False,
     channels_last: bool = False,
     store_view_params: bool = False,
     on_shard: Callable[[int], None] | None = None,
+    task: Any = None,
+    logits_size: Sequence[int] | None = None,
 ) -> BuildResult:
     """Run the frozen ``teacher`` over ``num_views`` views of every covered sample and write a store.
 
@@ -298,12 +333,19 @@ def build_store(
         model_name: recorded in the manifest (e.g. the zoo name).
         dtype: ``"float16"`` (default) or ``"float32"`` for stored floating values.
         device: where the teacher runs (default: where its parameters are).
-        autocast: run the teacher under bf16 autocast on CPU / fp16 on CUDA (faster, recorded).
+        autocast: run the teacher under bf16 autocast on CPU / fp16 on CUDA (faster, recorded); ``"auto"`` =
+            where the hardware runs bf16 natively (:func:`featdistill.train.config.resolve_precision`).
         channels_last: run the teacher in channels_last memory format.
         store_view_params: also store the sampled augmentation parameters per view (for audit only; the
             views are replayed from the seed).
         on_shard: called with each shard index after it is written (progress; a test kills the build here).
+        task: the :class:`~featdistill.tasks.Task` (default classification): how a batch calls the teacher and
+            how its prediction is laid out — per-pixel and per-token logits are stored per position (top-k per
+            position with its remaining mass), value outputs (regression, image-to-image) in full.
+        logits_size: store per-pixel logits at this ``(h, w)`` (area-resized) instead of the teacher's output
+            size — the segmentation task upsamples them to the mask when it reads them.
     """
+    from featdistill.tasks.classification import Classification
     from featdistill.teacher import LiveTeacher, freeze
 
     t_start = time.perf_counter()
@@ -319,6 +361,12 @@ def build_store(
         p = next(iter(teacher.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
+    if autocast == "auto":
+        from featdistill.train.config import resolve_precision
+
+        autocast = resolve_precision("auto", device) is not None
+    elif not isinstance(autocast, bool):
+        raise ValueError(f"autocast must be true, false or 'auto', got {autocast!r}")
 
     # --- what to capture ----------------------------------------------------------------------------------
     if taps is None:
@@ -347,14 +395,19 @@ def build_store(
     if index[0] < 0 or index[-1] >= n_total:
         raise ValueError(f"indices must be in [0, {n_total}), got range [{index[0]}, {index[-1]}]")
 
+    task = task if task is not None else Classification()
+    live.task = task
+
     def run_teacher(sids: torch.Tensor, vids: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = render(dataset, augmenter, sids, vids).to(device)
+        # the training loader's exact views, inputs (and targets) rendered by the dataset itself
+        batch = dict(dataset.batch(sids, vids, augmenter, augmenter.config.normalize, device))
+        batch.update(sample_id=sids, view_id=vids)
         if autocast:
             dev_type = device.type
             amp_dtype = torch.bfloat16 if dev_type == "cpu" else torch.float16
             with torch.autocast(dev_type, dtype=amp_dtype):
-                return live({"input": x, "sample_id": sids, "view_id": vids})
-        return live({"input": x, "sample_id": sids, "view_id": vids})
+                return live(batch)
+        return live(batch)
 
     # --- probe shapes (one view) ---------------------------------------------------------------------------
     probe_ids = torch.as_tensor(index[:1])
@@ -362,14 +415,27 @@ def build_store(
     view_params: dict[str, np.ndarray] = {}
     if store_view_params and hasattr(augmenter, "params"):
         view_params = _params_numpy(augmenter, probe_ids, torch.zeros(1, dtype=torch.long), dataset)
-    num_classes = int(probe["logits"].shape[1]) if logits else 0
+    layout = prediction_layout(task, probe["logits"]) if logits else {"family": "none", "positions": []}
+    if logits and layout["family"] == "class" and logits_size is not None:
+        if len(layout["positions"]) != 2:
+            raise ValueError("logits_size applies to per-pixel logits (B, C, H, W); this prediction has none")
+        layout["positions"] = [int(v) for v in logits_size]
+    num_classes = int(layout.get("classes", 0)) if logits else 0
     if topk is not None:
         if not logits:
             raise ValueError("topk needs logits=True")
+        if layout["family"] != "class":
+            raise ValueError(
+                f"topk compresses class distributions; task {task.name!r} predicts values — store them in full "
+                "(topk: null)"
+            )
         if not 1 <= topk <= num_classes:
             raise ValueError(f"topk must be in [1, {num_classes}] (the teacher's classes), got {topk}")
     mode = "none" if not logits else ("topk" if topk is not None else "full")
-    fields = _logits_fields(mode, topk, num_classes, dtype)
+    if mode == "full" and layout["family"] != "class":
+        fields = {"logits": {"dtype": dtype, "shape": list(layout["value_shape"])}}
+    else:
+        fields = _logits_fields(mode, topk, num_classes, dtype, layout["positions"])
     tap_meta: dict[str, dict[str, Any]] = {}
     projections: dict[str, torch.Tensor] = {}
     for name, spec in specs.items():
@@ -440,6 +506,12 @@ def build_store(
         "logits": {
             "mode": mode,
             "k": topk,
+            "task": task.name,
+            "family": layout["family"],
+            # the prediction's class dim (moved last when stored) and the positions stored per sample
+            "class_dim": layout.get("class_dim"),
+            "positions": list(layout.get("positions", [])),
+            "source_shape": list(probe["logits"].shape[1:]) if logits else [],
             "num_classes": num_classes,
             "value_dtype": dtype,
             "index_dtype": index_dtype_for(num_classes) if mode == "topk" else None,
@@ -454,6 +526,15 @@ def build_store(
         "view_params": sorted(view_params),
         "fields": fields,
         "entry_bytes": entry_bytes,
+        # bytes per stored position (per token / per pixel) of the prediction fields alone
+        "prediction_bytes_per_position": (
+            sum(
+                int(np.dtype(f["dtype"]).itemsize * int(np.prod(f["shape"], dtype=np.int64)))
+                for name, f in fields.items()
+                if name.startswith("logits")
+            )
+            / max(1, int(np.prod(layout.get("positions") or [1])))
+        ),
         "entries": int(len(index) * num_views),
         "shard_size": int(shard_size),
         "num_shards": int(num_shards),
@@ -506,7 +587,8 @@ def build_store(
             forwards += int(sids.numel())
             b1 = b0 + int(sids.numel())
             if logits:
-                for f, t in _compress_logits(out["logits"], mode, topk).items():
+                stored = _to_stored(out["logits"], layout, logits_size)
+                for f, t in _compress_logits(stored, mode, topk).items():
                     flat[f][b0:b1] = t.cpu().numpy().astype(fields[f]["dtype"], copy=False)
             for name in tap_meta:
                 t = out[name].float()
@@ -558,7 +640,7 @@ def _params_numpy(augmenter: Any, sids: torch.Tensor, vids: torch.Tensor, datase
     Audit only: views are replayed from ``(seed, sample_id, view_id)``; these let a reader check what a view
     was without re-rendering it.  Pixel coordinates fit int16 for images up to 32,767 pixels a side.
     """
-    params = augmenter.params(sids, vids, tuple(dataset.images.shape[1:]))
+    params = augmenter.params(sids, vids, tuple(dataset.image_shape))
     out: dict[str, np.ndarray] = {}
     for k, v in params.items():
         if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == sids.numel():

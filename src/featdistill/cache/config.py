@@ -45,7 +45,12 @@ class CacheSection(BaseModel):
     dtype: Literal["float16", "float32"] = "float16"
     batch_size: int = Field(256, ge=1)
     shard_size: int | None = Field(None, ge=1)
-    autocast: bool = False
+    autocast: bool | Literal["auto"] = Field(
+        "auto", description="run the teacher in bf16 (CPU) / fp16 (CUDA); auto = where the hardware has bf16"
+    )
+    logits_size: tuple[int, int] | None = Field(
+        None, description="segmentation: store per-pixel logits at this (h, w) instead of the teacher's output size"
+    )
     channels_last: bool = False
     store_view_params: bool = False
     resume: bool = True
@@ -58,7 +63,7 @@ def build_store_from_config(path: str | Path, overrides: Sequence[str] = ()) -> 
 
     from featdistill.cache.builder import build_store
     from featdistill.config import ConfigError, apply_overrides, parse_config
-    from featdistill.run import build_data, build_model_from_config
+    from featdistill.run import build_data, build_model, data_meta
 
     p = Path(path)
     if not p.is_file():
@@ -84,19 +89,21 @@ def build_store_from_config(path: str | Path, overrides: Sequence[str] = ()) -> 
         raise ConfigError(f"{p}: say where the store goes: cache.out or teacher.store")
     # the build runs the live teacher; the rest of the config is parsed exactly as `featdistill train` does
     raw["teacher"] = {k: v for k, v in teacher_raw.items() if k not in ("source", "store")}
-    raw.setdefault("student", {"model": teacher_raw.get("model")})
+    raw.setdefault("student", {k: v for k, v in raw["teacher"].items() if k not in ("checkpoint", "sha256")})
     cfg = parse_config(raw)
-    assert cfg.teacher is not None
-    if not cfg.teacher.checkpoint:
+    assert cfg.teacher is not None and cfg.task is not None
+    trained_hf = cfg.teacher.hf is not None and cfg.teacher.hf.path is not None
+    if not cfg.teacher.checkpoint and not trained_hf:
         raise ConfigError(
             "teacher.checkpoint is required to build a store: a randomly initialised teacher teaches nothing"
         )
     train_set, _, augmenter, train_loader, _, _ = build_data(cfg, num_views=cc.num_views)
-    shape = tuple(train_set.image_shape)
-    teacher = build_model_from_config(cfg.teacher, train_set.num_classes, shape, cfg.seed, "teacher")
+    meta = data_meta(cfg, train_set)
+    task = cfg.task.build(meta["num_classes"] or None)
+    teacher = build_model(cfg.teacher, meta, cfg.seed, "teacher")
     taps = cc.taps
     if taps is None:
-        taps = _default_taps(cfg, teacher, train_set.num_classes, shape)
+        taps = _default_taps(cfg, teacher, meta)
     build_store(
         teacher,
         train_set,
@@ -111,30 +118,32 @@ def build_store_from_config(path: str | Path, overrides: Sequence[str] = ()) -> 
         shard_size=cc.shard_size,
         indices=train_loader.indices,
         resume=cc.resume,
-        model_name=cfg.teacher.model,
+        model_name=cfg.teacher.display_name,
         dtype=cc.dtype,
         device=cc.device,
         autocast=cc.autocast,
         channels_last=cc.channels_last,
         store_view_params=cc.store_view_params,
+        task=task,
+        logits_size=cc.logits_size,
     )
     return Path(out)
 
 
-def _default_taps(cfg: Any, teacher: Any, num_classes: int, shape: tuple[int, ...]) -> dict[str, Any]:
+def _default_taps(cfg: Any, teacher: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """The model's pooled embedding plus whatever the configured method asks of the teacher."""
     from featdistill.methods import METHODS, build_method
-    from featdistill.run import build_model_from_config
+    from featdistill.run import build_model
     from featdistill.taps import LOGITS
 
     taps: dict[str, Any] = {}
     emb = getattr(teacher, "embedding_path", None)
-    if emb:
+    if emb and cfg.task.name == "classification":  # a pooled vector per image; dense tasks store only what is asked
         taps["embedding"] = emb
     m = cfg.method
     if m.name in METHODS and METHODS[m.name].needs_teacher:
         method = build_method(m.name, **m.params, weights=m.weights or None)
-        student = build_model_from_config(cfg.student, num_classes, shape, cfg.seed, "student")
+        student = build_model(cfg.student, meta, cfg.seed, "student")
         method.bind(student, teacher)
         taps.update({k: v for k, v in method.teacher_taps().items() if v.path != LOGITS})
     return taps

@@ -48,7 +48,8 @@ LOGP_FLOOR = -1.0e4
 def reconstruct_logp(
     topk_logp: torch.Tensor, topk_idx: torch.Tensor, rest_logp: torch.Tensor, num_classes: int
 ) -> torch.Tensor:
-    """Full ``(B, C)`` log-probabilities from a top-k record (FKD's "marginal smoothing").
+    """Full ``(…, C)`` log-probabilities from a top-k record ``(…, k)`` (FKD's "marginal smoothing"); the
+    leading dims are the batch and the stored positions (pixels, tokens).
 
     The ``k`` stored classes keep their probabilities; the remaining mass ``exp(rest_logp)`` is spread
     uniformly over the other ``C − k`` classes; the row is renormalised in float32 (fp16 rounding of the
@@ -56,14 +57,15 @@ def reconstruct_logp(
     ``softmax(log p / T)`` equals ``softmax(z / T)`` exactly when ``p`` is the full softmax of ``z``, so these
     log-probabilities stand in for logits at any temperature; with top-k the only error is the uniform tail.
     """
-    b, k = topk_logp.shape
-    logp = topk_logp.float()
+    lead, k = tuple(topk_logp.shape[:-1]), topk_logp.shape[-1]
+    logp = topk_logp.float().reshape(-1, k)
+    b = logp.shape[0]
     out = torch.empty(b, num_classes, dtype=torch.float32, device=logp.device)
     if num_classes > k:
-        out[:] = (rest_logp.float() - math.log(num_classes - k)).reshape(b, 1)
-    out.scatter_(1, topk_idx.long(), logp)
+        out[:] = (rest_logp.float().reshape(b) - math.log(num_classes - k)).reshape(b, 1)
+    out.scatter_(1, topk_idx.long().reshape(b, k), logp)
     out = torch.nan_to_num(out, neginf=LOGP_FLOOR).clamp_min(LOGP_FLOOR)
-    return out - torch.logsumexp(out, dim=1, keepdim=True)
+    return (out - torch.logsumexp(out, dim=1, keepdim=True)).reshape(*lead, num_classes)
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -353,11 +355,15 @@ class TeacherStore:
         out: dict[str, torch.Tensor] = {}
         if "logits" in want:
             if self.logits_mode == "full":
-                out["logits"] = t["logits"].float()
+                z = t["logits"].float()
             else:
-                out["logits"] = reconstruct_logp(
+                z = reconstruct_logp(
                     t["logits_topk_logp"], t["logits_topk_idx"], t["logits_rest_logp"], self.num_classes
                 )
+            cd = self.manifest["logits"].get("class_dim")
+            if cd is not None and cd != z.ndim - 1:  # stored class-last: back to the task's layout
+                z = z.movedim(-1, int(cd))
+            out["logits"] = z
         for n in want:
             if n != "logits":
                 out[n] = t[n].float()

@@ -67,7 +67,10 @@ class CachedTeacher:
                 "CachedTeacher needs batch['sample_id'] and batch['view_id'] (a featdistill ViewLoader "
                 "yields them); a store is keyed by view, never by position in the batch"
             )
-        device = batch["input"].device if "input" in batch else None
+        from featdistill.data.batching import first_tensor
+
+        x = first_tensor(batch.get("input"))
+        device = x.device if x is not None else None
         out = self.store.teacher_outputs(batch["sample_id"], batch["view_id"], self.names, device=device)
         self.views_served += int(batch["sample_id"].numel())
         return out
