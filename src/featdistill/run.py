@@ -9,6 +9,7 @@ last epoch, and that last-epoch number is what reports show.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,8 +253,12 @@ def _example_call(task: Any, loader: Any, device: torch.device, n: int) -> tuple
     return task.model_arguments(to_device({k: head(v) for k, v in batch.items()}, device))
 
 
-def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool | None = None) -> RunResult:
-    """Train the configured student (with its method and teacher) and write the run directory."""
+def run_experiment(
+    cfg: ExperimentConfig, resume: bool = False, progress: bool | None = None, callbacks: Sequence[Any] = ()
+) -> RunResult:
+    """Train the configured student (with its method and teacher) and write the run directory.
+
+    ``callbacks`` are :class:`~featdistill.train.TrainerCallback` objects handed to the Trainer."""
     from featdistill.distiller import Distiller
     from featdistill.methods import build_method
     from featdistill.report import plot_run, summarize_model, write_report
@@ -309,7 +314,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool |
     }
 
     train_cfg = cfg.train if progress is None else cfg.train.model_copy(update={"progress": progress})
-    trainer = Trainer(distiller, train_loader, val_loader, train_cfg, run_dir, resume=resume)
+    trainer = Trainer(distiller, train_loader, val_loader, train_cfg, run_dir, resume=resume, callbacks=callbacks)
     result = trainer.fit()
 
     device = next(student.parameters()).device
