@@ -157,3 +157,19 @@ def test_torchrun_two_processes_match_one_process_on_regression(tmp_path):
     assert two["test_mse"] == pytest.approx(one.test["mse"], rel=1e-4) and "test_top1" not in two
     settings = json.loads((tmp_path / "two" / "train_settings.json").read_text())
     assert settings["resolved"]["world_size"] == 2 and settings["resolved"]["task"] == "regression"
+
+
+def test_inspect_shows_a_class_path_and_an_hf_model(tmp_path, monkeypatch, capsys):
+    (tmp_path / "userpkg_bag.py").write_text(USER_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["inspect", "userpkg_bag:BagOfTokens", "--init-args", "{vocab_size: 50, num_classes: 3}", "--tokens", "6"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "embed" in out and "1×6×16" in out and "head" in out and "1×3" in out
+    pytest.importorskip("transformers")
+    hf = "{model_type: gpt2, vocab_size: 64, n_embd: 16, n_layer: 1, n_head: 2, n_positions: 16}"
+    assert main(["inspect", "hf", "--hf", hf, "--task", "causal-lm", "--tokens", "5", "--depth", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "transformer.h.0" in out and "1×5×64" in out and "parameters" in out
+    assert main(["inspect", "hf", "--hf", "[1, 2]"]) == 2
+    assert "--hf must be a mapping" in capsys.readouterr().err

@@ -103,8 +103,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from featdistill.inspect import run_cka_cli
 
         return run_cka_cli(args, shape)
-    rows, totals = inspect_model(args.model, num_classes=args.num_classes, input_shape=shape, depth=args.depth)
-    print_inspection(args.model, rows, totals)
+    import yaml
+
+    from featdistill.config import ConfigError
+
+    def parse(text: str | None, flag: str) -> dict | None:
+        if text is None:
+            return None
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{flag}: not valid YAML/JSON ({err})") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{flag} must be a mapping, e.g. {flag} '{{model_type: gpt2, n_layer: 2}}'")
+        return value
+
+    hf = parse(args.hf, "--hf")
+    rows, totals = inspect_model(
+        args.model,
+        num_classes=args.num_classes,
+        input_shape=shape,
+        depth=args.depth,
+        tokens=args.tokens,
+        init_args=parse(args.init_args, "--init-args"),
+        hf=hf,
+        task=args.task,
+    )
+    print_inspection(f"hf:{hf['model_type']}" if hf else args.model, rows, totals)
     return 0
 
 
@@ -229,7 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("inspect", help="module paths with output shapes, params and MACs (to choose taps)")
-    s.add_argument("model", help="zoo model name (featdistill inspect --list is `featdistill methods` for methods)")
+    s.add_argument(
+        "model", help="zoo model name, your own class 'pkg.mod:Name' (with --init-args), or 'hf' (with --hf)"
+    )
+    s.add_argument("--init-args", default=None, help="class_path constructor arguments, e.g. '{num_classes: 10}'")
+    s.add_argument("--hf", default=None, help="a Hugging Face config, e.g. '{model_type: gpt2, n_layer: 2}'")
+    s.add_argument("--task", default=None, help="picks the HF Auto class (causal-lm, sequence-classification, …)")
+    s.add_argument("--tokens", type=int, default=None, help="input is this many token ids (token models)")
     s.add_argument("--input-shape", default="3,32,32", help="C,H,W (default 3,32,32)")
     s.add_argument("--num-classes", type=int, default=100)
     s.add_argument("--depth", type=int, default=None, help="only show paths up to this many dots")

@@ -34,8 +34,9 @@ def _shape_of(out: Any) -> str:
     return type(out).__name__
 
 
-def describe_modules(model: nn.Module, x: torch.Tensor, depth: int | None = None) -> list[ModuleRow]:
-    """One row per submodule (in execution order where it ran) with its output shape for input ``x``."""
+def describe_modules(model: nn.Module, x: Any, depth: int | None = None) -> list[ModuleRow]:
+    """One row per submodule (in execution order where it ran) with its output shape for input ``x``
+    (a tensor, or an example call ``(args, kwargs)`` — e.g. ``((), {"input_ids": …})`` for a token model)."""
     shapes: dict[str, str] = {}
     order: list[str] = []
     handles = []
@@ -51,9 +52,10 @@ def describe_modules(model: nn.Module, x: torch.Tensor, depth: int | None = None
         handles.append(mod.register_forward_hook(hook))
     was = model.training
     model.eval()
+    args, kwargs = x if isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], dict) else ((x,), {})
     try:
         with torch.no_grad():
-            model(x)
+            model(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -71,25 +73,65 @@ def describe_modules(model: nn.Module, x: torch.Tensor, depth: int | None = None
     ]
 
 
-def inspect_model(
-    name: str, num_classes: int = 100, input_shape: tuple[int, ...] = (3, 32, 32), depth: int | None = None
-) -> tuple[list[ModuleRow], dict[str, Any]]:
-    from featdistill.models import build_model
-    from featdistill.models.profile import count_macs, count_parameters
-    from featdistill.seeding import seeded
+def example_call(model: nn.Module, input_shape: tuple[int, ...] | None, tokens: int | None) -> Any:
+    """One sample's input: a zero tensor of ``input_shape``, or ``tokens`` token ids (+ attention mask)."""
+    if tokens is None:
+        return ((torch.zeros(1, *(input_shape or (3, 32, 32))),), {})
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 2)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (1, tokens), generator=g)
+    return ((), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
 
-    c, h = input_shape[0], input_shape[-1]
-    with seeded(0, "inspect"):
-        model = build_model(name, num_classes=num_classes, in_channels=c, image_size=h)
-    x = torch.zeros(1, *input_shape)
-    rows = describe_modules(model, x, depth)
+
+def build_inspected(
+    name: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    init_args: dict[str, Any] | None = None,
+    hf: dict[str, Any] | None = None,
+    task: str | None = None,
+) -> nn.Module:
+    """A zoo name, a ``class_path`` (``pkg.mod:Name`` + ``init_args``) or an ``hf`` config, seeded."""
+    from featdistill.components import build_model_from_config
+    from featdistill.config import ModelConfig
+
+    if hf is not None:
+        mc = ModelConfig(hf={"config": hf})
+    elif ":" in name:
+        mc = ModelConfig(class_path=name, init_args=init_args or {})
+    else:
+        mc = ModelConfig(model=name)
+    return build_model_from_config(mc, num_classes, input_shape, 0, "inspect", task=task)
+
+
+def inspect_model(
+    name: str | nn.Module,
+    num_classes: int = 100,
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    depth: int | None = None,
+    *,
+    tokens: int | None = None,
+    init_args: dict[str, Any] | None = None,
+    hf: dict[str, Any] | None = None,
+    task: str | None = None,
+) -> tuple[list[ModuleRow], dict[str, Any]]:
+    """Module paths, output shapes, parameters and MACs of a zoo model, a user's ``class_path`` model or a
+    Hugging Face model built from a config; the input is an image of ``input_shape`` or ``tokens`` token ids."""
+    from featdistill.models.profile import count_macs, count_parameters
+
+    model = (
+        name if isinstance(name, nn.Module) else build_inspected(name, num_classes, input_shape, init_args, hf, task)
+    )
+    call = example_call(model, input_shape, tokens)
+    rows = describe_modules(model, call, depth)
     totals = {
         "params": count_parameters(model),
-        "macs": count_macs(model, input_shape),
+        "macs": count_macs(model, call),
         "stage_paths": getattr(model, "stage_paths", None),
         "embedding_path": getattr(model, "embedding_path", None),
         "classifier_path": getattr(model, "classifier_path", None),
-        "input_shape": input_shape,
+        "input_shape": (tokens,) if tokens is not None else input_shape,
+        "input": f"{tokens} token ids" if tokens is not None else "×".join(map(str, input_shape)),
         "num_classes": num_classes,
     }
     return rows, totals
@@ -99,7 +141,7 @@ def print_inspection(name: str, rows: list[ModuleRow], totals: dict[str, Any]) -
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{name}  input 1×{'×'.join(map(str, totals['input_shape']))}")
+    table = Table(title=f"{name}  input 1×{totals.get('input', '×'.join(map(str, totals['input_shape'])))}")
     table.add_column("module path")
     table.add_column("type")
     table.add_column("output shape")
@@ -110,7 +152,7 @@ def print_inspection(name: str, rows: list[ModuleRow], totals: dict[str, Any]) -
     console.print(table)
     console.print(
         f"total: {totals['params']:,} parameters ({totals['params'] / 1e6:.3f} M), "
-        f"{totals['macs'] / 1e6:.2f} M MACs per image"
+        f"{totals['macs'] / 1e6:.2f} M MACs per sample"
     )
     console.print(
         f"stage_paths={totals['stage_paths']}  embedding_path={totals['embedding_path']!r}  "
