@@ -123,3 +123,44 @@ def test_regression_and_image_outputs_are_stored_in_full(tmp_path):
     assert store.manifest["logits"]["family"] == "output"
     with pytest.raises(ValueError, match="topk compresses class distributions"):
         build_store(teacher, ds, Augmenter(ViewConfig(), 0), 1, tmp_path / "bad", task=task, topk=2, taps={})
+
+
+def test_kd_reads_a_topk_store_sparsely_with_the_dense_loss(tmp_path):
+    """KD from a top-k store uses the record as it is (no (N, V) teacher tensor) and gives the dense loss."""
+    pytest.importorskip("transformers")
+    import transformers
+
+    from featdistill.losses.logits import kd_loss, kd_loss_topk
+
+    task = build_task("causal-lm")
+    torch.manual_seed(0)
+    teacher = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=20, n_embd=16, n_layer=1, n_head=2))
+    ds = _tokens(lm=True)
+    build_store(teacher, ds, Augmenter(ViewConfig(), 0), 1, tmp_path / "s", task=task, topk=4, taps={}, dtype="float32")
+    store = TeacherStore.open(tmp_path / "s")
+    batch = next(iter(store_loader(store, ds, batch_size=8, policy="cycle", shuffle=False)))
+
+    def student():
+        torch.manual_seed(1)
+        cfg = transformers.GPT2Config(vocab_size=20, n_embd=8, n_layer=1, n_head=2, resid_pdrop=0, embd_pdrop=0)
+        return transformers.GPT2LMHeadModel(cfg)  # no dropout: the two students must compute the same
+
+    sparse = Distiller(student(), build_method("kd", temperature=2.0), CachedTeacher(store), task=task)
+    assert sparse.teacher.sparse_logits  # the Distiller asked the store for the record itself
+    dense_source = CachedTeacher(store)
+    dense_source.only = None  # no narrowing: the store reconstructs dense log-probabilities
+    dense = Distiller(student(), build_method("kd", temperature=2.0), dense_source, task=task)
+    _, a = sparse(batch)
+    _, b = dense(batch)
+    # a near-uniform student: KL ≈ 3e-3 is a difference of close terms, so compare at float32 cancellation level
+    assert a["kd"].item() == pytest.approx(b["kd"].item(), rel=1e-4, abs=1e-6)
+    # the loss function itself, on random rows
+    g = torch.Generator().manual_seed(2)
+    z_s, z_t = torch.randn(6, 9, generator=g), 3 * torch.randn(6, 9, generator=g)
+    logp = torch.log_softmax(z_t, 1)
+    vals, idx = logp.topk(3, dim=1)
+    rest = torch.logsumexp(logp.scatter(1, idx, float("-inf")), dim=1)
+    from featdistill.cache import reconstruct_logp
+
+    want = kd_loss(z_s, reconstruct_logp(vals, idx, rest, 9), 4.0)
+    assert kd_loss_topk(z_s, vals, idx, rest, 4.0).item() == pytest.approx(want.item(), rel=1e-5)

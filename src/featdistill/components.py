@@ -161,7 +161,7 @@ def build_hf_model(
     labelled = task in ("sequence-classification", "token-classification", "classification", "segmentation")
     if labelled and num_classes and "num_labels" not in cfg_kwargs:
         cfg_kwargs["num_labels"] = int(num_classes)
-    for key in ("vocab_size", "pad_token_id"):
+    for key in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
         if info and key in info and key not in cfg_kwargs:
             cfg_kwargs[key] = info[key]
     try:

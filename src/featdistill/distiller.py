@@ -23,6 +23,9 @@ from featdistill.teacher import LiveTeacher, TeacherSource
 __all__ = ["Distiller"]
 
 
+_SPARSE_FIELDS = ("logits_topk_logp", "logits_topk_idx", "logits_rest_logp")
+
+
 def _with_select(spec: Any, select: int | str | None) -> TapSpec:
     """The model's prediction tap (path ``""``) reads the output with the model's selector."""
     spec = as_tap_spec(spec)
@@ -99,7 +102,8 @@ class Distiller(nn.Module):
                     )
                 narrow = getattr(source, "only", None)  # optional: serve just what the method reads
                 if callable(narrow):
-                    source = narrow(set(t_taps))
+                    sparse = self.method.sparse_logits and "logits" in t_taps
+                    source = narrow(set(t_taps), sparse_logits=sparse) if sparse else narrow(set(t_taps))
         # Not registered as a submodule on purpose (see module docstring).
         object.__setattr__(self, "teacher", source)
         s_select = self.task.output if student_output is None else student_output
@@ -182,6 +186,12 @@ class Distiller(nn.Module):
             s_feats["logits"], t_logits, view = self.task.method_view(s_feats["logits"], t_feats.get("logits"), batch)
             if t_logits is not None:
                 t_feats = {**t_feats, "logits": t_logits}
+            if "logits_topk_logp" in t_feats:  # a sparse top-k record: the same valid positions, class dim last
+                mask = self.task.valid_positions(pred, batch)
+                t_feats = {
+                    **t_feats,
+                    **{k: self.task.flatten_last(t_feats[k], mask) for k in _SPARSE_FIELDS},
+                }
         elif self.task.family == "output":
             view = {**batch, "position_mask": self.task.feature_mask(batch)}
         for name, value in self.method(s_feats, t_feats, view, epoch).items():

@@ -153,6 +153,11 @@ def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1, num_vi
             "has no image inputs; remove data.augment"
         )
     augmenter = Augmenter(view_cfg, seed=cfg.seed)
+    if d.views != "fresh" and num_views is None:
+        raise ConfigError(
+            f"data.views = {d.views!r} replays the views stored in a teacher store, but this run has none "
+            "(teacher.source is not 'store'); use data.views: fresh"
+        )
     train_loader = ViewLoader(
         train_set,
         batch_size=d.batch_size // world_size,

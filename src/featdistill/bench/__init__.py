@@ -45,6 +45,7 @@ SUITE_MODULES: dict[str, str] = {
     "condense": "featdistill.condense.bench",
     "condense-labels": "featdistill.condense.bench_labels",
     "condense-label-views": "featdistill.condense.bench_labels",
+    "task-store": "featdistill.bench.task_store",
 }
 
 

@@ -71,7 +71,13 @@ def store_info(path: str | Path) -> dict[str, Any]:
             "seed": m["seed"],
         },
         "num_views": int(m["num_views"]),
-        "logits": {k: m["logits"][k] for k in ("mode", "k", "num_classes", "value_dtype", "index_dtype")},
+        "logits": {
+            **{k: m["logits"][k] for k in ("mode", "k", "num_classes", "value_dtype", "index_dtype")},
+            **{k: m["logits"][k] for k in ("task", "family", "positions") if k in m["logits"]},
+        },
+        # per token / per pixel for position-wise predictions (the whole prediction for one per sample)
+        "prediction_bytes_per_position": m.get("prediction_bytes_per_position"),
+        "teacher_precision": m["teacher"].get("precision"),
         "taps": {
             n: {
                 "path": t["path"],
@@ -131,6 +137,11 @@ def format_info(info: dict[str, Any]) -> str:
         f"views per sample V = {info['num_views']}",
         f"logits          {logits} over {lg['num_classes']} classes",
     ]
+    if lg.get("positions"):
+        lines.append(
+            f"positions       {'×'.join(map(str, lg['positions']))} per sample ({lg.get('task')}): "
+            f"{info['prediction_bytes_per_position']:.1f} B of prediction per position"
+        )
     for n, tp in info["taps"].items():
         proj = f" → projected to {tp['stored_shape']}" if tp["projection"] else ""
         lines.append(f"tap             {n} = {tp['path'] or '(output)'} {tp['shape']}{proj}")

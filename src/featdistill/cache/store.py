@@ -125,6 +125,9 @@ class TeacherStore:
         self.topk: int | None = logits.get("k")
         self.num_classes: int = int(logits.get("num_classes") or 0)
         self.views_identical = bool(manifest["augmentation"].get("identity", False))
+        #: shard number → built (a lookup table: ``np.isin`` on every batch cost more than the gather itself)
+        self._built = np.zeros(max(int(manifest["num_shards"]), 1), dtype=bool)
+        self._built[list(records)] = True
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -302,7 +305,7 @@ class TeacherStore:
                 f"(it covers {len(self.index)} samples of {self.manifest['dataset']['name']})"
             )
         shard = pos_c // self.shard_size
-        absent = ~np.isin(shard, list(self.records))
+        absent = ~self._built[shard]
         if absent.any():
             names = sorted({shard_stem(int(s)) for s in shard[absent]})
             raise KeyError(
@@ -324,11 +327,28 @@ class TeacherStore:
         out = {
             f: np.empty((shard.size, *self.fields[f]["shape"]), dtype=np.dtype(self.fields[f]["dtype"])) for f in names
         }
+        first = int(shard[0]) if shard.size else 0
+        if shard.size and (shard == first).all():  # one shard (every small store): one gather per field
+            for f in names:
+                out[f][...] = self._open_array(first, f)[row, vid]
+            return out
         for s in np.unique(shard):
             sel = np.nonzero(shard == s)[0]
             for f in names:
                 out[f][sel] = self._open_array(int(s), f)[row[sel], vid[sel]]
         return out
+
+    @property
+    def sparse_ready(self) -> bool:
+        """Whether the top-k records can be served as they are (:meth:`teacher_outputs` ``sparse=True``): a top-k
+        store whose positions are the teacher's own (not resized, as ``logits_size`` does)."""
+        lg = self.manifest["logits"]
+        if self.logits_mode != "topk":
+            return False
+        cd, src = lg.get("class_dim"), list(lg.get("source_shape") or [])
+        if cd is None or not src:
+            return cd is None  # stores written before per-position layouts: one prediction per sample
+        return [d for i, d in enumerate(src) if i != int(cd) - 1] == list(lg.get("positions", []))
 
     def teacher_outputs(
         self,
@@ -336,9 +356,14 @@ class TeacherStore:
         view_ids: Any,
         names: Iterable[str] | None = None,
         device: torch.device | str | None = None,
+        sparse: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Float32 teacher outputs for a batch: ``"logits"`` (full logits, or log-probabilities reconstructed
-        from top-k, see :func:`reconstruct_logp`) and every stored tap."""
+        from top-k, see :func:`reconstruct_logp`) and every stored tap.
+
+        ``sparse=True`` on a top-k store returns the record itself instead of ``"logits"`` — ``logits_topk_logp``,
+        ``logits_topk_idx`` (class dim last, ``(B, *positions, k)``) and ``logits_rest_logp`` — for losses that
+        use it directly (:func:`featdistill.losses.logits.kd_loss_topk`): no ``(…, C)`` tensor is built."""
         want = self.tap_names if names is None else set(names)
         unknown = want - self.tap_names
         if unknown:
@@ -353,6 +378,11 @@ class TeacherStore:
         raw = self.lookup(sample_ids, view_ids, fields)
         t = {f: torch.from_numpy(a).to(device) if device is not None else torch.from_numpy(a) for f, a in raw.items()}
         out: dict[str, torch.Tensor] = {}
+        if "logits" in want and sparse and self.sparse_ready:
+            out["logits_topk_logp"] = t["logits_topk_logp"].float()
+            out["logits_topk_idx"] = t["logits_topk_idx"].long()
+            out["logits_rest_logp"] = t["logits_rest_logp"].float()
+            want = want - {"logits"}
         if "logits" in want:
             if self.logits_mode == "full":
                 z = t["logits"].float()

@@ -42,6 +42,7 @@ class CachedTeacher:
         names: Iterable[str] | None = None,
         expect: Mapping[str, Any] | None = None,
         allow_incomplete: bool = False,
+        sparse_logits: bool = False,
     ) -> None:
         if not isinstance(store, TeacherStore):
             store = TeacherStore.open(store, expect=expect, allow_incomplete=allow_incomplete)
@@ -50,6 +51,8 @@ class CachedTeacher:
         unknown = self.names - store.tap_names
         if unknown:
             raise KeyError(f"the teacher store has no outputs {sorted(unknown)}; it has {sorted(store.tap_names)}")
+        #: serve a top-k store's records as they are (``logits_topk_*``) instead of dense ``logits``
+        self.sparse_logits = bool(sparse_logits) and store.sparse_ready
         #: lookups served (views); for the accounting in run summaries
         self.views_served = 0
 
@@ -57,9 +60,10 @@ class CachedTeacher:
     def tap_names(self) -> set[str]:
         return set(self.names)
 
-    def only(self, names: Iterable[str]) -> CachedTeacher:
-        """The same store serving only ``names``: reading fields a method does not use costs time per batch."""
-        return CachedTeacher(self.store, names=names)
+    def only(self, names: Iterable[str], sparse_logits: bool = False) -> CachedTeacher:
+        """The same store serving only ``names``: reading fields a method does not use costs time per batch.
+        ``sparse_logits`` serves top-k records as they are (for methods that read them: KD)."""
+        return CachedTeacher(self.store, names=names, sparse_logits=sparse_logits)
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if "sample_id" not in batch or "view_id" not in batch:
@@ -71,7 +75,9 @@ class CachedTeacher:
 
         x = first_tensor(batch.get("input"))
         device = x.device if x is not None else None
-        out = self.store.teacher_outputs(batch["sample_id"], batch["view_id"], self.names, device=device)
+        out = self.store.teacher_outputs(
+            batch["sample_id"], batch["view_id"], self.names, device=device, sparse=self.sparse_logits
+        )
         self.views_served += int(batch["sample_id"].numel())
         return out
 

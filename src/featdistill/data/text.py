@@ -485,6 +485,8 @@ def load_pystdlib_classification(
     common: dict[str, Any] = {
         "vocab_size": tok.get_vocab_size(),
         "pad_token_id": PAD_ID,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
         "seq_len": seq_len,
         "corpus_sha256": _corpus_sha(chosen),
         "python": platform.python_version(),

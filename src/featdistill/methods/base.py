@@ -40,6 +40,9 @@ class Method(nn.Module):
     #: ``"image"`` — any task on image inputs (spatial feature maps); ``"image-classification"`` — one class per
     #: image (recipes built on pooled embeddings, per-image class statistics or image transforms)
     applies_to: ClassVar[frozenset[str]] = frozenset({"image-classification"})
+    #: the recipe reads a top-k teacher record (``logits_topk_logp``/``_idx``/``logits_rest_logp``) when the
+    #: teacher store serves one, instead of dense ``logits`` (KD: no ``(N, C)`` teacher tensor per step)
+    sparse_logits: ClassVar[bool] = False
     #: adapter key → learning-rate multiplier for a separate optimiser group (e.g. MEAL V2's discriminator,
     #: trained at 1e-4 while the student starts at 1e-2); set per instance in ``__init__``
     lr_scales: dict[str, float]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from featdistill.losses.logits import kd_loss
+from featdistill.losses.logits import kd_loss, kd_loss_topk
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.taps import TapSpec
 
@@ -24,6 +24,7 @@ class KD(Method):
     paper = "Distilling the Knowledge in a Neural Network (Hinton et al., 2015)"
     default_weights = {"kd": 0.9}
     default_ce_weight = 0.1
+    sparse_logits = True
 
     def __init__(self, temperature: float = 4.0, weights: Mapping[str, Any] | None = None) -> None:
         super().__init__(weights)
@@ -35,4 +36,14 @@ class KD(Method):
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
+        if "logits_topk_logp" in teacher_feats:  # a top-k store served sparsely: same loss, no dense teacher
+            t = teacher_feats
+            kd = kd_loss_topk(
+                student_feats["logits"],
+                t["logits_topk_logp"],
+                t["logits_topk_idx"],
+                t["logits_rest_logp"],
+                self.temperature,
+            )
+            return {"kd": kd}
         return {"kd": kd_loss(student_feats["logits"], teacher_feats["logits"], self.temperature)}

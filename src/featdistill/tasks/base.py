@@ -201,6 +201,10 @@ class Task:
         """Class logits at the valid positions as ``(N, C)`` (``mask`` from :meth:`valid_positions`)."""
         return pred
 
+    def flatten_last(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """A class-last tensor ``(B, *positions, …)`` (a stored top-k record) at the valid positions."""
+        return x if mask is None else x[mask]
+
     def feature_mask(self, batch: Mapping[str, Any]) -> Tensor | None:
         """``(B, L)`` mask of valid input positions for sequence features (padding excluded), else ``None``."""
         return None

@@ -56,6 +56,10 @@ class CausalLM(Task):
         assert mask is not None
         return pred[:, :-1][mask]
 
+    def flatten_last(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        assert mask is not None
+        return x[:, :-1][mask]
+
     def flatten_target(self, pred: Tensor, batch: Mapping[str, Any], mask: Tensor | None) -> Tensor:
         assert mask is not None
         return batch["target"][:, 1:][mask].long()
