@@ -40,11 +40,11 @@ SUITE_THREADS: dict[str, int] = {}
 SUITE_MODULES: dict[str, str] = {
     "core": "featdistill.bench.core",
     "demo": "featdistill.bench.core",
-    "cache": "featdistill.cache.bench",
-    "methods": "featdistill.methods.bench",
-    "condense": "featdistill.condense.bench",
-    "condense-labels": "featdistill.condense.bench_labels",
-    "condense-label-views": "featdistill.condense.bench_labels",
+    "cache": "featdistill.bench.cache",
+    "methods": "featdistill.bench.methods",
+    "condense": "featdistill.bench.condense",
+    "condense-labels": "featdistill.bench.condense_labels",
+    "condense-label-views": "featdistill.bench.condense_labels",
     "task-store": "featdistill.bench.task_store",
 }
 

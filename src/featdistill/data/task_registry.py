@@ -26,8 +26,9 @@ def _lazy(module: str, fn: str, name: str, needs_root: bool) -> Callable[..., An
     return call
 
 
-#: name → (module, function, needs a root folder, the task the data is for)
-_ENTRIES: dict[str, tuple[str, str, bool, str]] = {
+#: name → (module, function, needs a root folder, the task the data is for — None: say it in `task:`)
+_ENTRIES: dict[str, tuple[str, str, bool, str | None]] = {
+    "hf-disk": ("featdistill.data.hf_disk", "load_hf_disk", True, None),
     "shapes-seg": ("featdistill.data.segmentation", "load_shapes_segmentation", False, "segmentation"),
     "voc-seg": ("featdistill.data.segmentation", "load_voc_segmentation", True, "segmentation"),
     "mnist5k-sr": ("featdistill.data.superres", "load_mnist5k_sr", False, "image-to-image"),
@@ -41,4 +42,4 @@ TASK_DATASETS: dict[str, Callable[..., Any]] = {
     name: _lazy(mod, fn, name, root) for name, (mod, fn, root, _) in _ENTRIES.items()
 }
 #: the task each registered dataset is made for (a config naming the dataset defaults to it)
-TASK_OF_DATASET: dict[str, str] = {name: task for name, (*_, task) in _ENTRIES.items()}
+TASK_OF_DATASET: dict[str, str] = {name: task for name, (*_, task) in _ENTRIES.items() if task is not None}

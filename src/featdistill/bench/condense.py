@@ -23,10 +23,9 @@ from typing import Any
 import torch
 
 from featdistill.bench import register_suite, torch_threads
-
-from .core import condense
-from .evaluate import EvalProtocol, evaluate
-from .real import as_real_data
+from featdistill.condense.core import condense
+from featdistill.condense.evaluate import EvalProtocol, evaluate
+from featdistill.condense.real import as_real_data
 
 __all__ = ["run_condense_bench", "BENCH_SETTINGS", "PeakRSS"]
 

@@ -20,14 +20,13 @@ from typing import Any
 import torch
 
 from featdistill.bench import register_suite, torch_threads
-
-from .augment import DSA, default_strategy
-from .bench import PeakRSS
-from .core import condense, with_teacher_labels
-from .evaluate import EvalProtocol, evaluate, test_accuracy, train_on
-from .nets import make_backbone_factory
-from .real import as_real_data
-from .relabel import build_label_store, default_label_views, open_view_labels
+from featdistill.bench.condense import PeakRSS
+from featdistill.condense.augment import DSA, default_strategy
+from featdistill.condense.core import condense, with_teacher_labels
+from featdistill.condense.evaluate import EvalProtocol, evaluate, test_accuracy, train_on
+from featdistill.condense.nets import make_backbone_factory
+from featdistill.condense.real import as_real_data
+from featdistill.condense.relabel import build_label_store, default_label_views, open_view_labels
 
 __all__ = ["run_label_bench", "LABEL_SETTINGS"]
 
