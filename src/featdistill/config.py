@@ -96,6 +96,9 @@ class DataConfig(_Strict):
         "fresh", description="which augmented view an epoch uses (cycle/sample need teacher.store's V)"
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra loader arguments")
+    num_workers: int = Field(
+        0, ge=0, description="DataLoader worker processes rendering whole batches (lazy folders, user datasets)"
+    )
 
     @field_validator("name")
     @classmethod

@@ -169,9 +169,14 @@ def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1, num_vi
         indices=tr_idx,
         rank=rank,
         world_size=world_size,
+        num_workers=d.num_workers,
     )
-    val_loader = eval_loader(train_set, d.eval_batch_size, indices=val_idx) if val_idx is not None else None
-    test_loader = eval_loader(test_set, d.eval_batch_size)
+    val_loader = (
+        eval_loader(train_set, d.eval_batch_size, indices=val_idx, num_workers=d.num_workers)
+        if val_idx is not None
+        else None
+    )
+    test_loader = eval_loader(test_set, d.eval_batch_size, num_workers=d.num_workers)
     return train_set, test_set, augmenter, train_loader, val_loader, test_loader
 
 

@@ -772,6 +772,8 @@ def load_image_folder(
     test_fraction: float = 0.2,
     seed: int = 0,
     mode: str | None = None,
+    lazy: bool = False,
+    image_size: int | None = None,
 ) -> tuple[ImageDataset, ImageDataset]:
     """``(train, test)`` from image folders.
 
@@ -779,8 +781,15 @@ def load_image_folder(
     * else, if ``root/train`` and ``root/test`` (or ``root/val``) exist: those two.
     * else ``root`` itself is split with :func:`stratified_split` (``test_fraction``, ``seed``).
 
-    The test set uses the train classes' numbering and the train statistics.
+    The test set uses the train classes' numbering and the train statistics. ``lazy=True`` keeps only the file
+    list and decodes per batch (:mod:`featdistill.data.lazy_folder`; ``image_size`` resizes every image).
     """
+    if lazy:
+        from featdistill.data.lazy_folder import load_lazy_image_folder
+
+        return load_lazy_image_folder(root, test_root, image_size=image_size, mode=mode)  # type: ignore[return-value]
+    if image_size is not None:
+        raise ValueError("image_size resizes lazily decoded folders; pass lazy=True (data.kwargs.lazy: true)")
     r = Path(root)
     if test_root is None and (r / "train").is_dir():
         for cand in ("test", "val"):

@@ -21,7 +21,7 @@ from featdistill.data.base import ImageDataset
 from featdistill.data.batching import to_device
 from featdistill.data.views import NO_AUGMENT, Augmenter, ViewPolicy, view_for_epoch
 
-__all__ = ["ViewLoader", "eval_loader", "render_views", "make_inputs"]
+__all__ = ["ViewLoader", "eval_loader", "render_views", "make_inputs", "render_images"]
 
 Batch = dict[str, Tensor]
 
@@ -45,15 +45,32 @@ def make_inputs(
     x = dataset.images[sid]
     if device is not None:
         x = x.to(device, non_blocking=True)
+    return render_images(x, sid, vid, augmenter, dataset.mean, dataset.std, normalize)
+
+
+def render_images(
+    x: Tensor,
+    sid: Tensor,
+    vid: Tensor,
+    augmenter: Augmenter | None,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    normalize: bool = True,
+) -> Tensor:
+    """Augment raw images ``x`` (uint8 0-255 or float [0, 1], ``(B, C, H, W)``) by view, then scale/normalise.
+
+    The one rendering path of every image dataset (in memory or decoded lazily in a worker): a view's pixels
+    depend only on ``(seed, sample_id, view_id)`` and the raw image.
+    """
     # uint8 stays on the 0-255 scale through augmentation (zero padding is black on either scale; resampling
     # is linear), then ONE affine map does /255 and normalisation: x * a + b as two IEEE-exact eager ops (no
     # division: CUDA turns division by a scalar into a reciprocal multiply, which broke CPU/GPU bit-equality)
+    scale = 255.0 if x.dtype == torch.uint8 else 1.0
     x = x.to(torch.float32)
     if augmenter is not None and not augmenter.config.is_identity and bool((vid >= 0).any()):
         x = augmenter(x, sid, vid)
-    scale = 255.0 if dataset.images.dtype == torch.uint8 else 1.0
-    mean = torch.tensor(dataset.mean, dtype=torch.float64)
-    std = torch.tensor(dataset.std, dtype=torch.float64)
+    mean = torch.tensor(mean, dtype=torch.float64)
+    std = torch.tensor(std, dtype=torch.float64)
     if normalize:
         a, b = 1.0 / (scale * std), -mean / std
     else:
@@ -128,6 +145,7 @@ class ViewLoader:
         pad: bool = True,
         normalize: bool | None = None,
         device: torch.device | str | None = None,
+        num_workers: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -152,6 +170,9 @@ class ViewLoader:
             (augmenter.config.normalize if augmenter is not None else True) if normalize is None else (bool(normalize))
         )
         self.device = torch.device(device) if device is not None else None
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.num_workers = int(num_workers)
         n = len(dataset)
         if indices is None:
             self.indices = torch.arange(n, dtype=torch.long)
@@ -198,24 +219,63 @@ class ViewLoader:
         """This rank's sample ids for ``epoch``, in iteration order."""
         return self.epoch_order(epoch)[self.rank :: self.world_size]
 
-    def batches(self, start: int = 0) -> Iterator[Batch]:
-        """Yield the batches of the current epoch from batch index ``start`` (exact mid-epoch resume)."""
+    def plan(self, start: int = 0) -> list[tuple[Tensor, Tensor]]:
+        """``(sample_ids, view_ids)`` of every batch of the current epoch from ``start``: a pure function of
+        ``(seed, epoch, rank, world_size)``."""
         ids = self.shard()
-        nb = len(self)
-        for i in range(start, nb):
+        out = []
+        for i in range(start, len(self)):
             sid = ids[i * self.batch_size : (i + 1) * self.batch_size]
             if self.augmenter is None:
                 vid = torch.full_like(sid, NO_AUGMENT)
             else:
                 vid = view_for_epoch(self.policy, self.epoch, sid, self.num_views, self.seed)
-            batch = dict(self.dataset.batch(sid, vid, self.augmenter, self.normalize, self.device))
-            batch["sample_id"], batch["view_id"] = sid, vid
-            if self.device is not None:
-                batch = {k: to_device(v, self.device) for k, v in batch.items()}
-            yield batch
+            out.append((sid, vid))
+        return out
+
+    def _render(self, sid: Tensor, vid: Tensor, device: torch.device | None) -> Batch:
+        batch = dict(self.dataset.batch(sid, vid, self.augmenter, self.normalize, device))
+        batch["sample_id"], batch["view_id"] = sid, vid
+        return batch
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        """Yield the batches of the current epoch from batch index ``start`` (exact mid-epoch resume).
+
+        With ``num_workers > 0`` whole batches are rendered in ``torch.utils.data.DataLoader`` worker processes
+        (decoding files of a lazy dataset in parallel); the plan — which samples and views — is made here, so
+        the batches are the same as with 0 workers, in the same order."""
+        plan = self.plan(start)
+        if self.num_workers == 0:
+            for sid, vid in plan:
+                batch = self._render(sid, vid, self.device)
+                if self.device is not None:
+                    batch = {k: to_device(v, self.device) for k, v in batch.items()}
+                yield batch
+            return
+        from torch.utils.data import DataLoader
+
+        worker_loader = DataLoader(
+            _PlannedBatches(self, plan), batch_size=None, shuffle=False, num_workers=self.num_workers
+        )
+        for batch in worker_loader:
+            yield {k: to_device(v, self.device) for k, v in batch.items()} if self.device is not None else batch
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches(0)
+
+
+class _PlannedBatches(torch.utils.data.Dataset):
+    """Item ``i`` = the ``i``-th planned batch, rendered (on the CPU) where the DataLoader runs it: a worker."""
+
+    def __init__(self, loader: ViewLoader, plan: list[tuple[Tensor, Tensor]]) -> None:
+        self.loader, self.plan = loader, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> Batch:
+        sid, vid = self.plan[i]
+        return self.loader._render(sid, vid, None)
 
 
 def eval_loader(
@@ -226,6 +286,7 @@ def eval_loader(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str | None = None,
+    num_workers: int = 0,
 ) -> ViewLoader:
     """In-order, un-augmented (``view_id = -1``) batches for evaluation; nothing dropped, no padding."""
     return ViewLoader(
@@ -239,4 +300,5 @@ def eval_loader(
         pad=False,
         normalize=normalize,
         device=device,
+        num_workers=num_workers,
     )

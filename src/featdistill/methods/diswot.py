@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -251,8 +253,10 @@ class DisWOT(Method):
 def run_search_cli(args: Any) -> int:
     """``featdistill search TEACHER CANDIDATE...``: DisWOT ranking on one real batch of ``--dataset``.
 
-    ``--validate`` (mnist5k only) also distils every candidate with KD for the bench budget and prints Kendall τ /
-    Spearman ρ between the training-free score and the accuracy reached.
+    ``--validate`` (mnist5k only) also distils every candidate with KD and prints Kendall τ / Spearman ρ between
+    the training-free score and the accuracy reached. The training goes through :func:`featdistill.run.run_experiment`
+    (the same code as ``featdistill train``), so the accuracies it correlates against are those a user would get
+    from a config, not from a private loop; see :func:`_validate_configs` for the budget.
     """
     from featdistill.data import load_dataset
     from featdistill.models import build_model
@@ -275,14 +279,29 @@ def run_search_cli(args: Any) -> int:
         from safetensors.torch import load_file
 
         teacher.load_state_dict(load_file(args.teacher_checkpoint))
-    data = None
-    if getattr(args, "validate", False) and args.dataset == "mnist5k" and not getattr(args, "teacher_checkpoint", None):
-        # DisWOT scores candidates against a *trained* teacher: train it first (the bench protocol).
-        from featdistill.methods.bench import BenchData, train_teacher
+    teacher_ckpt: str | None = getattr(args, "teacher_checkpoint", None)
+    # the run directories (the trained teacher's checkpoint among them) live until the last KD run has read them
+    with tempfile.TemporaryDirectory(prefix="featdistill-search-") as tmp:
+        if getattr(args, "validate", False) and args.dataset == "mnist5k" and not teacher_ckpt:
+            # DisWOT scores candidates against a *trained* teacher: train it first, and keep its weights for KD.
+            from featdistill.components import load_weights
 
-        data = BenchData.make(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        teacher = train_teacher(teacher, data, 6)
-        teacher = teacher.cpu().eval()
+            teacher_ckpt = _train_validation_teacher(args.teacher, Path(tmp))
+            load_weights(teacher, teacher_ckpt)
+            teacher.eval()
+        return _rank_and_validate(args, teacher, teacher_ckpt, batch, build, Path(tmp))
+
+
+def _rank_and_validate(
+    args: Any,
+    teacher: nn.Module,
+    teacher_ckpt: str | None,
+    batch: dict[str, torch.Tensor],
+    build: Callable[[str], nn.Module],
+    tmp: Path,
+) -> int:
+    """Print the DisWOT ranking, then (``--validate``) the KD accuracy of every candidate and the correlations;
+    the KD runs are written under ``tmp``."""
     rows = rank_students(teacher, {n: build(n) for n in args.candidates}, batch)
     print(f"DisWOT ranking for teacher {args.teacher} (one batch of {len(batch['target'])} {args.dataset} images)")
     print(f"{'rank':>4}  {'candidate':<16}{'score':>12}{'relation':>12}{'semantic':>12}{'params':>10}")
@@ -293,18 +312,59 @@ def run_search_cli(args: Any) -> int:
         )
     if getattr(args, "validate", False):
         if args.dataset != "mnist5k":
-            print("--validate runs on mnist5k only (the methods bench protocol)")
+            print("--validate runs on mnist5k only (the dataset its budget was set for)")
             return 2
-        from featdistill.methods.bench import BenchData, train_run
-
-        if data is None:
-            data = BenchData.make(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        from featdistill.methods import build_method
-
-        accs = {r["name"]: train_run(build(r["name"]), build_method("kd"), teacher, data, 3, 0)["test"] for r in rows}
+        assert teacher_ckpt is not None  # trained above when --validate runs on mnist5k without one
+        accs = {r["name"]: _distilled_accuracy(args.teacher, teacher_ckpt, r["name"], tmp) for r in rows}
         scores = [r["score"] for r in rows]
         acc = [accs[r["name"]] for r in rows]
         for r in rows:
             print(f"  {r['name']:<16} KD accuracy {accs[r['name']]:.4f}")
         print(f"Kendall tau {kendall_tau(scores, acc):.3f}, Spearman rho {spearman_rho(scores, acc):.3f}")
     return 0
+
+
+#: ``--validate`` budgets (those of docs/benchmarks.md §6): the teacher trains 6 epochs, each candidate distils 3
+VALIDATE_TEACHER_EPOCHS = 6
+VALIDATE_KD_EPOCHS = 3
+
+
+def _validate_configs(teacher: str, teacher_ckpt: str | None, student: str | None, run_dir: Path) -> dict[str, Any]:
+    """The experiment config of one ``--validate`` run on mnist5k (seed 0, no augmentation, library defaults
+    otherwise): the teacher alone when ``student`` is ``None``, else ``student`` distilled from it with KD.
+
+    One function for both so that the teacher and the candidates see the same data, split and schedule."""
+    cfg: dict[str, Any] = {
+        "experiment": f"diswot-{student or 'teacher'}",
+        "seed": 0,
+        "run_dir": str(run_dir),
+        "data": {"name": "mnist5k"},
+        "train": {"epochs": VALIDATE_KD_EPOCHS if student else VALIDATE_TEACHER_EPOCHS, "progress": False},
+    }
+    if student is None:
+        cfg.update(student={"model": teacher}, method={"name": "none"})
+    else:
+        cfg.update(
+            student={"model": student}, teacher={"model": teacher, "checkpoint": teacher_ckpt}, method={"name": "kd"}
+        )
+    return cfg
+
+
+def _train_validation_teacher(teacher: str, tmp: Path) -> str:
+    """Train ``teacher`` on mnist5k through :func:`~featdistill.run.run_experiment`; return its checkpoint path."""
+    from featdistill.config import parse_config
+    from featdistill.run import run_experiment
+
+    result = run_experiment(parse_config(_validate_configs(teacher, None, None, tmp / "teacher")), progress=False)
+    return str(result.run_dir / "student.safetensors")
+
+
+def _distilled_accuracy(teacher: str, teacher_ckpt: str, student: str, tmp: Path) -> float:
+    """Last-epoch test top-1 of ``student`` distilled with KD from the trained teacher (through ``run_experiment``)."""
+    from featdistill.config import parse_config
+    from featdistill.run import run_experiment
+
+    cfg = parse_config(_validate_configs(teacher, teacher_ckpt, student, tmp / f"kd-{student}"))
+    top1 = run_experiment(cfg, progress=False).test_top1
+    assert top1 is not None  # mnist5k is a classification task
+    return float(top1)
