@@ -103,6 +103,10 @@ TASK_RUNS = {
         "data": {"name": "sunspots", "kwargs": {"window": 16, "horizon": 4}, "batch_size": 32},
         "student": {"model": "forecaster", "kwargs": {"hidden": [16]}},
     },
+    "image-to-image": {
+        "data": {"name": "mnist5k-sr", "subset": 256, "batch_size": 64},
+        "student": {"model": "srnet", "kwargs": {"width": 4, "depth": 1}},
+    },
     "causal-lm": {
         "data": {
             "name": "pystdlib-lm",

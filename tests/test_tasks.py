@@ -345,3 +345,37 @@ def test_a_config_without_class_path_imports_no_user_code(tmp_path, monkeypatch)
         from featdistill.components import import_object
 
         import_object("evilpkg_never:X")
+
+
+def test_a_users_own_task_from_config(tmp_path, monkeypatch):
+    """task: {class_path} names a Task subclass: its loss trains, its metrics report, methods are checked."""
+    (tmp_path / "usertask_huber.py").write_text(
+        textwrap.dedent(
+            """
+            import torch.nn.functional as F
+            from featdistill.tasks.regression import Regression
+
+            class HuberRegression(Regression):
+                name = "huber-regression"
+                loss_name = "huber"
+
+                def __init__(self, delta=1.0, **kw):
+                    super().__init__(**kw)
+                    self.delta = delta
+
+                def loss(self, pred, batch, label_smoothing=0.0):
+                    self.check_target(pred, batch["target"])
+                    return F.huber_loss(pred.float(), batch["target"].float(), delta=self.delta)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    task = {"class_path": "usertask_huber:HuberRegression", "init_args": {"delta": 0.5}}
+    base = {"data": {"name": "sunspots", "kwargs": {"window": 16, "horizon": 4}}, "task": task}
+    base["student"] = {"model": "forecaster", "kwargs": {"hidden": [8]}}
+    with pytest.raises(ConfigError, match="method 'kd' does not apply to task 'huber-regression'"):
+        parse_config({**base, "teacher": {"model": "forecaster"}, "method": {"name": "kd"}})
+    result = _run(tmp_path, "huber", base)
+    assert result.task == "huber-regression" and result.primary_metric == "mse"
+    records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "huber" in next(r for r in records if r["type"] == "epoch")["losses"]

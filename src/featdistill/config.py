@@ -208,7 +208,9 @@ class TeacherConfig(ModelConfig):
 class TaskConfig(_Strict):
     """What the run is about (``featdistill.tasks``): the task name and how batches meet the models."""
 
+    class_path: str | None = Field(None, description="your own Task subclass, 'pkg.mod:MyTask' (runs that code)")
     name: str = Field("classification", description="a registered task (featdistill tasks lists them)")
+    init_args: dict[str, Any] = Field(default_factory=dict, description="extra constructor arguments of the task")
     inputs: list[str] | None = Field(None, description="batch keys passed to the models as keyword arguments")
     output: int | str | None = Field(None, description="prediction selector for both models (tuple index / key)")
     ignore_index: int | None = Field(None, description="target value never scored (default: the task's)")
@@ -216,25 +218,47 @@ class TaskConfig(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _known_task(cls, v: str) -> str:
+    def _known_task(cls, v: str, info: Any) -> str:
         from featdistill.tasks import TASKS
 
-        if v not in TASKS:
+        if v not in TASKS and not (info.data or {}).get("class_path"):
             close = difflib.get_close_matches(v, list(TASKS), n=2, cutoff=0.4)
             raise ValueError(
                 "unknown task" + (f"; did you mean {', '.join(close)}?" if close else "") + f"; known: {sorted(TASKS)}"
             )
         return v
 
-    def build(self, num_classes: int | None = None) -> Any:
-        from featdistill.tasks import build_task
+    @model_validator(mode="after")
+    def _user_task(self) -> TaskConfig:
+        if self.class_path is not None:
+            cls = self.task_class()
+            self.name = cls.name  # the user's task names itself; methods are checked against it
+        elif self.init_args:
+            raise ValueError("task.init_args go with task.class_path")
+        return self
 
-        return build_task(
-            self.name,
+    def task_class(self) -> Any:
+        """The task's class: registered by name, or imported from ``class_path`` (a ``Task`` subclass)."""
+        from featdistill.tasks import TASKS, Task
+
+        if self.class_path is None:
+            return TASKS[self.name]
+        from featdistill.components import import_object
+
+        cls = import_object(self.class_path, "task.class_path")
+        if not (isinstance(cls, type) and issubclass(cls, Task)) or not cls.name:
+            raise ValueError(
+                f"task.class_path = {self.class_path!r} must name a featdistill.tasks.Task subclass with a `name`"
+            )
+        return cls
+
+    def build(self, num_classes: int | None = None) -> Any:
+        return self.task_class()(
             num_classes=self.num_classes or num_classes or None,
             inputs=self.inputs,
             output=self.output,
             ignore_index=self.ignore_index,
+            **self.init_args,
         )
 
 
@@ -309,7 +333,7 @@ class ExperimentConfig(_Strict):
             from featdistill.data.task_registry import TASK_OF_DATASET
 
             self.task = TaskConfig(name=TASK_OF_DATASET.get(self.data.name or "", "classification"))
-        _check_method_task(self.method, self.task.name)
+        _check_method_task(self.method, self.task)
         return self
 
     @field_validator("task", mode="before")
@@ -321,13 +345,12 @@ class ExperimentConfig(_Strict):
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.experiment
 
 
-def _check_method_task(method: MethodConfig, task_name: str) -> None:
+def _check_method_task(method: MethodConfig, task: TaskConfig) -> None:
     """Refuse, when the config is read, a method that cannot apply to the task (naming those that can)."""
     from featdistill.methods import METHODS
     from featdistill.methods.base import unsupported_task_message
-    from featdistill.tasks import TASKS
 
-    task_cls = TASKS[task_name]
+    task_cls = task.task_class()
     names = [method.name]
     if method.name == "compose":
         names = [str(p.get("name")) for p in method.params.get("parts", []) if isinstance(p, Mapping)]
