@@ -74,12 +74,20 @@ class Segmentation(Task):
 
     def flatten(self, pred: Tensor, mask: Tensor | None) -> Tensor:
         assert mask is not None
-        p = align_to(pred, tuple(mask.shape[1:]))
-        return p.permute(0, 2, 3, 1)[mask]
+        p = align_to(pred, tuple(mask.shape[1:])).permute(0, 2, 3, 1)
+        # every pixel valid (the common case without void labels): a reshape, not a masked gather
+        return p.reshape(-1, p.shape[-1]) if bool(mask.all()) else p[mask]
+
+    def flatten_last(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        assert mask is not None
+        if tuple(x.shape[1:3]) != tuple(mask.shape[1:]):
+            raise TaskError(f"a stored per-pixel record {tuple(x.shape)} does not match the mask {tuple(mask.shape)}")
+        return x.reshape(-1, *x.shape[3:]) if bool(mask.all()) else x[mask]
 
     def flatten_target(self, pred: Tensor, batch: Mapping[str, Any], mask: Tensor | None) -> Tensor:
         assert mask is not None
-        return batch["target"][mask].long()
+        y = batch["target"]
+        return (y.reshape(-1) if bool(mask.all()) else y[mask]).long()
 
     def build_metrics(self, pred: Tensor, **kw: Any) -> dict[str, Any]:
         from torchmetrics import MeanMetric
