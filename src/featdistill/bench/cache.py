@@ -3,25 +3,30 @@
 Three tables, every row tagged with ``table``:
 
 - ``speed`` — wall time per epoch of student-only training, online KD and cached KD, measured **side by
-  side in one run**: the three configurations take turns epoch by epoch (round-robin, order rotated every
-  round, first round discarded as warm-up) and the median is reported, so machine drift hits all three
-  alike.  Ratios ``cached_over_student`` (goal ≤ 1.10; 1.0 is the physical limit) and
-  ``online_over_student``, next to the FLOP model's prediction ``1 + r/3`` (r = teacher/student forward
-  MACs).  Pairs: resnet32x4 → resnet8x4 on synthetic 32×32 images (100 classes) and ConvNet-3 w64 →
-  ConvNet-3 w8 on mnist5k.
+  side in one run**: every round trains each configuration for a few epochs through the library's
+  :class:`~featdistill.train.Trainer`, one after the other, the order rotated every round (round ``r`` starts
+  with configuration ``r mod 3``); each run's first epoch (allocator, oneDNN kernel selection) is dropped and
+  the median of the rest is reported, so machine drift hits all three alike.  Ratios ``cached_over_student``
+  (goal ≤ 1.10; 1.0 is the physical limit) and ``online_over_student``, next to the FLOP model's prediction
+  ``1 + r/3`` (r = teacher/student forward MACs).  Pairs: resnet32x4 → resnet8x4 on synthetic 32×32 images
+  (100 classes) and ConvNet-3 w64 → ConvNet-3 w8 on mnist5k.
 - ``accuracy`` — mnist5k held-out accuracy, mean ± std over seeds, same budget for every configuration:
   student alone, online KD (a fresh view every epoch), store KD with V = 1 (a fixed teacher) and with
   V = 8.  The store is built once per V and reused by every seed (its build time is reported once).
 - ``storage`` — bytes per sample-view for top-5, top-10 and full logits at 10 and 100 classes, with a pooled
   256-d fp16 embedding (resnet32x4's), computed from the same field table the builder writes.
 
-All training uses one minimal CPU loop over the Distiller (SGD; fp32, or bf16 autocast + channels_last with
-``FEATDISTILL_BENCH_BF16=1`` on CPUs with native bf16) so that the only difference between the
-configurations is where the teacher's outputs come from.
+The speed rows train a ``Distiller`` with the ``Trainer`` (SGD lr 0.05, cosine; fp32, or bf16 autocast +
+channels_last with ``FEATDISTILL_BENCH_BF16=1`` on CPUs with native bf16; on the CPU, which is what
+``docs/benchmarks.md`` §3 reports) and read the per-epoch ``time_s`` from ``TrainResult.history`` — the
+optimiser loop users run, not a private one, so the ratios are those of ``featdistill train``; the
+configurations share the data pipeline, so the only difference between them is where the teacher's outputs
+come from.  The accuracy rows go through ``run_experiment`` (the user path).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import tempfile
@@ -40,7 +45,7 @@ from featdistill.cache.teacher import CachedTeacher, store_loader
 __all__ = ["cache_suite", "storage_rows"]
 
 
-# -- the minimal loop ------------------------------------------------------------------------------------
+# -- training ---------------------------------------------------------------------------------------------
 def _use_bf16() -> bool:
     """bf16 autocast + channels_last only when asked (``FEATDISTILL_BENCH_BF16=1``).
 
@@ -50,52 +55,25 @@ def _use_bf16() -> bool:
     return os.environ.get("FEATDISTILL_BENCH_BF16", "0") == "1"
 
 
-class _Run:
-    """One configuration: a Distiller, its optimiser and its loader, trained one epoch at a time."""
+def _epoch_times(distiller: Any, loader: Any, epochs: int, fast: bool, run_dir: Path) -> list[float]:
+    """Train ``distiller`` for ``epochs`` with the library's Trainer; return each epoch's training seconds.
 
-    def __init__(self, name: str, distiller: Any, loader: Any, lr: float, fast: bool) -> None:
-        self.name, self.distiller, self.loader, self.fast = name, distiller, loader, fast
-        self.epoch = 0
-        first = next(iter(loader))
-        distiller.prepare(first, seed=0)
-        if fast:
-            distiller.configure(channels_last=True)
-        self.opt = torch.optim.SGD(
-            distiller.trainable_parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True
-        )
-        self.times: list[float] = []
+    ``time_s`` covers the optimiser steps only (no evaluation, no checkpointing), so it is what the three
+    configurations differ in.  One checkpoint at the end (not one per epoch) keeps disk writes out of the
+    gaps between timed epochs.  The device is pinned to the CPU: §3 compares CPU costs."""
+    from featdistill.train import TrainConfig, Trainer
 
-    def train_epoch(self) -> float:
-        d = self.distiller
-        d.train()
-        self.loader.set_epoch(self.epoch)
-        t0 = time.perf_counter()
-        for batch in self.loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.fast):
-                _, losses = d(batch, float(self.epoch))
-            total = sum(losses.values())
-            self.opt.zero_grad(set_to_none=True)
-            total.backward()
-            self.opt.step()
-        dt = time.perf_counter() - t0
-        self.epoch += 1
-        self.times.append(dt)
-        return dt
-
-    @torch.no_grad()
-    def accuracy(self, dataset: Any) -> float:
-        from featdistill.data.loaders import eval_loader
-
-        student = self.distiller.student
-        student.eval()
-        correct = total = 0
-        for batch in eval_loader(dataset, 500):
-            x = batch["input"].contiguous(memory_format=torch.channels_last) if self.fast else batch["input"]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.fast):
-                pred = student(x).argmax(1)
-            correct += int((pred == batch["target"]).sum())
-            total += int(batch["target"].numel())
-        return correct / total
+    cfg = TrainConfig(
+        epochs=epochs,
+        lr=0.05,
+        progress=False,
+        precision="bf16" if fast else "fp32",
+        channels_last=fast,
+        device="cpu",
+        checkpoint_every=epochs,
+    )
+    result = Trainer(distiller, loader, None, cfg, run_dir).fit()
+    return [float(h["time_s"]) for h in result.history]
 
 
 def _build(name: str, num_classes: int, in_channels: int, size: int, seed: int, **kw: Any) -> torch.nn.Module:
@@ -120,10 +98,13 @@ def _speed(
     teacher: torch.nn.Module,
     make_student: Any,
     rounds: int,
+    epochs: int,
     batch_size: int,
     workdir: Path,
     fast: bool,
 ) -> dict[str, Any]:
+    """One speed row: ``rounds`` rounds, each training the three configurations ``epochs`` epochs apiece (a fresh
+    student with the same initialisation every time), rotated so that none always runs first or last."""
     from featdistill.data.loaders import ViewLoader
     from featdistill.data.views import Augmenter, ViewConfig
     from featdistill.distiller import Distiller
@@ -149,24 +130,26 @@ def _speed(
     def loader() -> Any:  # identical data pipeline for all three: cycle over the V=1 stored views
         return ViewLoader(train, batch_size, aug, shuffle=True, seed=0, policy="cycle", num_views=1, drop_last=True)
 
-    runs = [
-        _Run("student", Distiller(make_student(), None), loader(), 0.05, fast),
-        _Run("online", Distiller(make_student(), build_method("kd"), teacher=teacher), loader(), 0.05, fast),
-        _Run(
-            "cached",
-            Distiller(make_student(), build_method("kd"), teacher=CachedTeacher(store)),
-            store_loader(store, train, batch_size, policy="cycle", seed=0, drop_last=True),
-            0.05,
-            fast,
-        ),
-    ]
-    for r in range(rounds + 1):  # round 0 = warm-up (allocator, oneDNN kernel selection), discarded
-        order = runs[r % 3 :] + runs[: r % 3]
-        for run in order:
-            run.train_epoch()
-    med = {run.name: statistics.median(run.times[1:]) for run in runs}
+    def configuration(name: str) -> tuple[Any, Any]:
+        """A fresh ``(distiller, loader)`` of configuration ``name``."""
+        if name == "student":
+            return Distiller(make_student(), None), loader()
+        if name == "online":  # a copy: no run may leave state (memory format, hooks) on the next run's teacher
+            return Distiller(make_student(), build_method("kd"), teacher=copy.deepcopy(teacher)), loader()
+        cached = Distiller(make_student(), build_method("kd"), teacher=CachedTeacher(store))
+        return cached, store_loader(store, train, batch_size, policy="cycle", seed=0, drop_last=True)
+
+    names = ["student", "online", "cached"]
+    times: dict[str, list[list[float]]] = {name: [] for name in names}
+    slug = pair.replace("→", "-")
+    for r in range(rounds):
+        for name in names[r % 3 :] + names[: r % 3]:
+            distiller, data = configuration(name)
+            times[name].append(_epoch_times(distiller, data, epochs, fast, workdir / f"run-{slug}-{name}-{r}"))
+    # each run's first epoch pays for allocation and kernel selection: drop it, pool the rest over rounds
+    med = {name: statistics.median(t for run in times[name] for t in run[1:]) for name in names}
     shape = tuple(train.images.shape[1:])
-    r_flops = _macs(teacher, shape) / max(1, _macs(runs[0].distiller.student, shape))
+    r_flops = _macs(teacher, shape) / max(1, _macs(make_student(), shape))
     info = store_info(store_dir)
     return {
         "table": "speed",
@@ -174,7 +157,7 @@ def _speed(
         "data": data_desc,
         "precision": "bf16 autocast + channels_last" if fast else "fp32",
         "batch": batch_size,
-        "steps_per_epoch": len(runs[0].loader),
+        "steps_per_epoch": len(loader()),
         "rounds": rounds,
         "student_s_per_epoch": round(med["student"], 3),
         "online_s_per_epoch": round(med["online"], 3),
@@ -185,7 +168,7 @@ def _speed(
         "store_build_s": round(build_s, 2),
         "store_teacher_forwards": res.teacher_forwards,
         "store_bytes_per_view": info["bytes_per_view"],
-        "all_times_s": {run.name: [round(t, 3) for t in run.times] for run in runs},
+        "all_times_s": {name: [[round(t, 3) for t in run] for run in times[name]] for name in names},
     }
 
 
@@ -311,7 +294,8 @@ def cache_suite(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
                 syn,
                 t,
                 lambda: _build("resnet8x4", 100, 3, 32, 1),
-                3 if quick else 4,
+                3,
+                2 if quick else 3,
                 64,
                 work,
                 fast,
@@ -330,6 +314,7 @@ def cache_suite(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
                 t,
                 lambda: _build("convnet", 10, 1, 28, 1, width=8, norm="batchnorm"),
                 3,
+                2 if quick else 3,
                 64,
                 work,
                 fast,

@@ -202,10 +202,19 @@ class TaskSpec:
     chosen: str
     quick_data: dict[str, Any] = field(default_factory=dict)
     quick_epochs: tuple[int, int] = (1, 1)
+    #: train settings of the teacher step only (e.g. its own learning rate: a wide net diverges where a thin
+    #: one needs a large step); every student step shares ``train``
+    teacher_train: dict[str, Any] = field(default_factory=dict)
 
 
 _ADAMW = {"optimizer": "adamw", "weight_decay": 0.0, "schedule": "cosine"}
-_KD = {"name": "kd", "params": {"temperature": 4.0}, "weights": {"kd": 1.0}, "ce_weight": 1.0}
+
+
+def _kd(temperature: float, weight: float) -> dict[str, Any]:
+    return {"name": "kd", "params": {"temperature": temperature}, "weights": {"kd": weight}, "ce_weight": 1.0}
+
+
+_KD = _kd(4.0, 1.0)
 
 
 def _kd_plus(hint: dict[str, Any], distill: dict[str, Any] = _KD) -> dict[str, Any]:
@@ -239,16 +248,16 @@ TASK_SPECS: dict[str, TaskSpec] = {
             dataset="shapes-seg",
             data={
                 "name": "shapes-seg",
-                "kwargs": {"n": 800, "size": 24},
+                "kwargs": {"n": 1600, "size": 24},
                 "batch_size": 32,
                 "augment": {"pad_crop": 2, "flip": True},
             },
             train={**_ADAMW, "lr": 0.003},
             teacher={"model": "segnet", "kwargs": {"width": 16}},
-            student={"model": "segnet", "kwargs": {"width": 4}},
-            epochs=(20, 20),
-            distill=_KD,
-            feature=_kd_plus({"weights": {"hint": 1.0}}),
+            student={"model": "segnet", "kwargs": {"width": 8}},
+            epochs=(15, 15),
+            distill=_kd(4.0, 0.5),
+            feature=_kd_plus({"weights": {"hint": 0.1}}, _kd(4.0, 0.5)),
             feature_label="kd + fitnet",
             chosen="TODO",
             quick_data={"kwargs": {"n": 160, "size": 16}},
@@ -258,19 +267,21 @@ TASK_SPECS: dict[str, TaskSpec] = {
             dataset="pystdlib-cls",
             data={
                 "name": "pystdlib-cls",
-                "kwargs": {"seq_len": _SEQ, "max_chars_per_class": 100_000, "vocab_size": 1024},
+                "kwargs": {"seq_len": _SEQ, "max_chars_per_class": 200_000, "vocab_size": 1024},
                 "batch_size": 32,
             },
-            train={**_ADAMW, "lr": 0.002},
+            train={**_ADAMW, "lr": 0.005},
+            teacher_train={"lr": 0.002},
             teacher=_bert(64, 2, 2, _SEQ),
             student=_bert(16, 1, 2, _SEQ),
             epochs=(6, 6),
-            distill=_KD,
+            distill=_kd(4.0, 0.5),
             feature=_kd_plus(
                 {
                     "params": {"student_path": "bert.encoder.layer.0", "teacher_path": "bert.encoder.layer.1"},
-                    "weights": {"hint": 1.0},
-                }
+                    "weights": {"hint": 10.0},
+                },
+                _kd(4.0, 0.5),
             ),
             feature_label="kd + fitnet",
             chosen="TODO",
@@ -397,7 +408,9 @@ def task_configs(spec: TaskSpec, out_dir: Path, seed: int, quick: bool = False) 
             "data": data,
             "student": model,
             "method": _method(spec, step),
-            "train": {**base_train, "epochs": epochs_t if step == "teacher" else epochs_s},
+            "train": {**base_train, **spec.teacher_train, "epochs": epochs_t}
+            if step == "teacher"
+            else {**base_train, "epochs": epochs_s},
         }
         if step in ("distill", "feature"):
             raw["teacher"] = {**spec.teacher, "checkpoint": ckpt}
