@@ -224,6 +224,7 @@ def _kd_plus(hint: dict[str, Any], distill: dict[str, Any] = _KD) -> dict[str, A
 
 
 _SEQ = 64
+_TAG_CHARS = 800_000
 _OUTPUT = {"name": "output", "weights": {"output": 1.0}, "ce_weight": 1.0}
 
 TASK_SPECS: dict[str, TaskSpec] = {
@@ -293,11 +294,11 @@ TASK_SPECS: dict[str, TaskSpec] = {
             data={
                 "train": {
                     "class_path": "featdistill.bench.tasks:pystdlib_tags",
-                    "init_args": {"split": "train", "seq_len": _SEQ, "max_chars": 300_000},
+                    "init_args": {"split": "train", "seq_len": _SEQ, "max_chars": _TAG_CHARS},
                 },
                 "test": {
                     "class_path": "featdistill.bench.tasks:pystdlib_tags",
-                    "init_args": {"split": "test", "seq_len": _SEQ, "max_chars": 300_000},
+                    "init_args": {"split": "test", "seq_len": _SEQ, "max_chars": _TAG_CHARS},
                 },
                 "batch_size": 32,
             },
