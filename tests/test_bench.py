@@ -61,3 +61,28 @@ def test_a_suite_runs_with_its_declared_threads_and_says_so(tmp_path):
     finally:
         SUITES.pop("_one")
         SUITE_THREADS.pop("_one")
+
+
+def test_tasks_suite_quick_runs_every_task_and_writes_its_tables(tmp_path):
+    """`featdistill bench tasks --quick`: every built-in task, its four steps, real runs (about 30 s on 2 cores)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("mlxtend")
+    from featdistill.bench.tasks import STEPS, TASK_SPECS, step_label
+    from featdistill.tasks import TASKS
+
+    payload = json.loads(run_suite("tasks", tmp_path, quick=True).read_text())
+    rows = payload["rows"]
+    assert payload["suite"] == "tasks" and payload["meta"]["quick"] is True and payload["meta"]["threads"] == 1
+    builtin = {name for name, cls in TASKS.items() if cls.__module__.startswith("featdistill.tasks.")}
+    assert set(TASK_SPECS) == builtin  # every built-in task is benchmarked
+    md = (tmp_path / "tasks.md").read_text()
+    for task, spec in TASK_SPECS.items():
+        rs = [r for r in rows if r["task"] == task]
+        assert [r["step"] for r in rs] == [step_label(spec, s) for s in STEPS]
+        for r in rs:
+            assert r["metric"] == TASKS[task].primary_metric and len(r["test"]) == len(r["seeds"]) == 1
+            assert r["test_mean"] == r["test"][0] and r["params"] > 0 and r["train_seconds_mean"] >= 0
+        assert rs[0]["params"] > rs[1]["params"]  # the teacher is the bigger model
+        assert f"## {task} — {spec.dataset}" in md
+    assert "featdistill bench tasks --quick" in md and "student alone" in md

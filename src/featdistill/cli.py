@@ -269,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("bench", help="run a benchmark suite; writes DIR/SUITE.json and DIR/SUITE.md")
-    s.add_argument("suite", help="core | demo | cache | methods | condense | condense-labels | condense-label-views")
+    s.add_argument(
+        "suite", help="core | demo | cache | methods | condense | condense-labels | condense-label-views | tasks"
+    )
     s.add_argument("--out", required=True)
     s.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test of the suite)")
     s.set_defaults(func=cmd_bench)

@@ -46,6 +46,7 @@ SUITE_MODULES: dict[str, str] = {
     "condense-labels": "featdistill.bench.condense_labels",
     "condense-label-views": "featdistill.bench.condense_labels",
     "task-store": "featdistill.bench.task_store",
+    "tasks": "featdistill.bench.tasks",
 }
 
 
