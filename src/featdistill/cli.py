@@ -34,6 +34,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ("featdistill.cache", "StoreError"),
         ("featdistill.data", "DataFormatError"),
         ("featdistill.tasks", "TaskError"),
+        ("featdistill.yaml_safe", "YAMLLoadError"),
     ]:
         try:
             errs.append(getattr(__import__(mod, fromlist=[name]), name))
@@ -103,16 +104,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from featdistill.inspect import run_cka_cli
 
         return run_cka_cli(args, shape)
-    import yaml
-
     from featdistill.config import ConfigError
+    from featdistill.yaml_safe import YAMLLoadError, load_yaml_text
 
     def parse(text: str | None, flag: str) -> dict | None:
         if text is None:
             return None
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
+            value = load_yaml_text(text, flag)
+        except YAMLLoadError as err:
             raise ConfigError(f"{flag}: not valid YAML/JSON ({err})") from None
         if not isinstance(value, dict):
             raise ConfigError(f"{flag} must be a mapping, e.g. {flag} '{{model_type: gpt2, n_layer: 2}}'")
@@ -174,6 +174,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
     from featdistill.config import ConfigError, apply_overrides
     from featdistill.validation import format_validation_error
+    from featdistill.yaml_safe import load_yaml_file
 
     if args.config == "relabel":
         if len(args.rest) != 2:
@@ -192,7 +193,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        raw = apply_overrides(yaml.safe_load(p.read_text()) or {}, args.set or [])
+        raw = apply_overrides(load_yaml_file(p) or {}, args.set or [])
         path = condense.run_condense_config(raw)
     except ValidationError as err:  # one line per bad key, as for every other config
         raise ConfigError(f"{p}: {format_validation_error(err, condense.CondenseConfig)}") from None

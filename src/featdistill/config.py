@@ -2,7 +2,8 @@
 
 Why this module exists: a distillation run is only reproducible if every number ships with the config
 that produced it, and a config is only trustworthy if a typo fails loudly.  YAML is read with
-``yaml.safe_load`` (no tags that execute code); every model has ``extra="forbid"``; a
+:mod:`featdistill.yaml_safe` (``safe_load``-based: no tags that execute code; bounded size, depth and alias
+expansion; duplicate keys refused); every model has ``extra="forbid"``; a
 :class:`ConfigError` names the key, the value given and the fix, never a bare traceback.
 
 Shape of a config (``featdistill train cfg.yaml``)::
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from featdistill.train.config import TrainConfig
 from featdistill.validation import format_validation_error
+from featdistill.yaml_safe import YAMLLoadError, check_expanded_size, load_yaml_file, load_yaml_text, short_repr
 
 __all__ = [
     "ConfigError",
@@ -367,7 +369,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if nxt is None:
             nxt = node[p] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {key}: {p!r} holds {nxt!r}, not a section")
+            raise ConfigError(f"--set {key}: {p!r} holds {short_repr(nxt)}, not a section")
         node = nxt
     node[parts[-1]] = value
 
@@ -380,9 +382,9 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+            value = load_yaml_text(raw, f"--set {key.strip()}") if raw != "" else None
+        except YAMLLoadError as err:
+            raise ConfigError(f"--set {key}: cannot parse value {short_repr(raw)}: {err}") from None
         _set_dotted(out, key.strip(), value)
     return out
 
@@ -400,14 +402,31 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+        data = load_yaml_file(p) or {}
+    except YAMLLoadError as err:
+        raise ConfigError(str(err)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of sections (data, student, teacher, method, train)")
     return parse_config(apply_overrides(data, overrides))
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
-    """The resolved config as YAML (what the run directory keeps next to its numbers)."""
+    """The resolved config as YAML (what the run directory keeps next to its numbers).
+
+    Free-form values (``data.kwargs``, ``method.params``, ``init_args``…) are size-checked first: a config
+    built in Python with shared references (an alias bomb) is refused instead of expanded by ``model_dump``."""
+    _check_free_form(cfg, "")
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _check_free_form(model: BaseModel, prefix: str) -> None:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            _check_free_form(value, key + ".")
+        elif isinstance(value, (Mapping, list, tuple)):
+            try:
+                check_expanded_size(value)
+            except YAMLLoadError as err:
+                raise ConfigError(f"{key}: {err}") from None

@@ -60,8 +60,6 @@ class CacheSection(BaseModel):
 def build_store_from_config(path: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> Path:
     """Read a YAML config (or take a config mapping) + ``--set key=value`` overrides, build its teacher store,
     return the folder."""
-    import yaml
-
     from featdistill.cache.builder import build_store
     from featdistill.config import ConfigError, apply_overrides, parse_config
     from featdistill.run import build_data, build_model, data_meta
@@ -72,7 +70,12 @@ def build_store_from_config(path: str | Path | Mapping[str, Any], overrides: Seq
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
-        raw = yaml.safe_load(p.read_text()) or {}
+        from featdistill.yaml_safe import YAMLLoadError, load_yaml_file
+
+        try:
+            raw = load_yaml_file(p) or {}
+        except YAMLLoadError as err:
+            raise ConfigError(str(err)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of sections (data, teacher, cache, …)")
     raw = apply_overrides(raw, overrides)

@@ -138,10 +138,9 @@ def _load_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> CondenseC
         return cfg
     if isinstance(cfg, dict):
         return CondenseConfig.model_validate(cfg)
-    import yaml
+    from featdistill.yaml_safe import load_yaml_file
 
-    text = Path(cfg).read_text()
-    data = yaml.safe_load(text)  # safe_load: a config never executes code while loading
+    data = load_yaml_file(cfg)  # safe_load-based and bounded: a config never executes code while loading
     if not isinstance(data, dict):
         raise ValueError(f"{cfg}: expected a mapping at the top level, found {type(data).__name__}")
     return CondenseConfig.model_validate(data)
@@ -319,9 +318,9 @@ def run_condense_relabel(
     from featdistill.data.datasets import load_dataset
 
     if isinstance(teacher, (str, Path)):
-        import yaml
+        from featdistill.yaml_safe import load_yaml_file
 
-        raw = yaml.safe_load(Path(teacher).read_text())  # safe_load: never executes code
+        raw = load_yaml_file(teacher)  # safe_load-based and bounded: never executes code
         teacher = raw.get("soft_label_teacher", raw) if isinstance(raw, dict) else raw
     st = teacher if isinstance(teacher, TeacherConfig) else TeacherConfig.model_validate(teacher)
     src = Path(synthetic_path)
