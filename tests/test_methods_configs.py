@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ PAIRS = {
 
 def test_all_pairs_and_methods_present():
     names = {p.stem for p in CONFIGS}
-    for m in ("kd", "dkd", "nd", "fitnet", "at", "ofa"):
+    for m in ("kd", "dkd", "nd", "fitnet", "at", "ofa", "crd"):
         for t, s in PAIRS:
             assert f"{m}_{t}_{s}" in names
 
@@ -70,6 +71,8 @@ def test_config_runs_two_steps(path, cifar_fixture):
     m = cfg.method
     method = build_method(m.name, **m.params, weights=m.weights)
     d = Distiller(student, method, teacher, ce_weight=m.ce_weight, label_smoothing=m.label_smoothing)
+    if m.name == "crd":  # the memory banks are sized (and the classes read) from the training set
+        method.fit(teacher, SimpleNamespace(dataset=train), 100)
     if m.name == "nd":  # class means need the whole training set; the fixture has 2 images per class
         method.class_means = torch.randn(100, method_dim(teacher))
     opt = torch.optim.SGD(d.trainable_parameters(), lr=cfg.train.lr, momentum=0.9)

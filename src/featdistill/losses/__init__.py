@@ -9,6 +9,13 @@ Every loss returns an *unweighted* term (batch-mean unless ``reduction="none"``)
 :class:`Schedule` objects applied by the distiller. Definitions follow the shared ``reference/methods.md``.
 """
 
+from featdistill.losses.contrastive import (
+    contrast_scores,
+    l2_normalize,
+    momentum_rows,
+    nce_loss,
+    sample_contrast_indices,
+)
 from featdistill.losses.features import at_loss, attention_map, class_means, fitnet_loss, nd_loss
 from featdistill.losses.logits import (
     cross_entropy,
@@ -34,6 +41,7 @@ __all__ = [
     "cka_loss",
     "class_means",
     "constant",
+    "contrast_scores",
     "cross_entropy",
     "dist_loss",
     "dist_terms",
@@ -44,10 +52,14 @@ __all__ = [
     "inter_class_relation",
     "intra_class_relation",
     "kd_loss",
+    "l2_normalize",
     "linear_cka",
     "linear_warmup",
+    "momentum_rows",
     "nd_loss",
+    "nce_loss",
     "pearson_correlation",
+    "sample_contrast_indices",
     "soft_target_ce",
     "topk_to_probs",
 ]
