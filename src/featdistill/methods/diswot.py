@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featdistill.losses.similarity import sp_gram, sp_loss
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.seeding import generator
 from featdistill.taps import Taps, TapSpec, resolve_module
@@ -52,15 +53,15 @@ def gaussian_init(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def relation_gram(feat: torch.Tensor) -> torch.Tensor:
-    """SP relation: ``G = rownorm_L2(F Fᵀ)`` with ``F`` the ``(B, C·H·W)`` flattened map."""
-    f = feat.flatten(1).double()
-    return F.normalize(f @ f.T, dim=1)
+    """SP relation: ``G = rownorm_L2(F Fᵀ)`` with ``F`` the ``(B, C·H·W)`` flattened map (in float64 for the score;
+    :func:`featdistill.losses.similarity.sp_gram`)."""
+    return sp_gram(feat.double())
 
 
 def relation_distance(feat_t: torch.Tensor, feat_s: torch.Tensor) -> torch.Tensor:
-    """``M_r = ‖G_T − G_S‖_F² / B²`` (non-negative, symmetric, 0 for equal features)."""
-    b = feat_t.shape[0]
-    return (relation_gram(feat_t) - relation_gram(feat_s)).pow(2).sum() / (b * b)
+    """``M_r = ‖G_T − G_S‖_F² / B²`` (non-negative, symmetric, 0 for equal features): the SP loss
+    (:func:`featdistill.losses.similarity.sp_loss`) in float64."""
+    return sp_loss(feat_s.double(), feat_t.double())
 
 
 def semantic_gram(grad_w: torch.Tensor, mode: str = "class") -> torch.Tensor:
@@ -246,7 +247,7 @@ class DisWOT(Method):
     ) -> dict[str, torch.Tensor]:
         from featdistill.losses.logits import kd_loss
 
-        sp = relation_distance(teacher_feats["feat"], student_feats["feat"]).float()
+        sp = sp_loss(student_feats["feat"], teacher_feats["feat"])
         return {"kd": kd_loss(student_feats["logits"], teacher_feats["logits"], self.temperature), "sp": sp}
 
 
