@@ -2,6 +2,7 @@
 
 * :mod:`~featdistill.losses.logits` — CE, Hinton KD, DKD, DIST, focal loss, soft-target CE;
 * :mod:`~featdistill.losses.features` — FitNets, attention transfer, ND (KD++) and class means;
+* :mod:`~featdistill.losses.logit_variants` — logit standardisation, NKD, Tf-KD / LSR;
 * :mod:`~featdistill.losses.relations` — linear CKA;
 * :mod:`~featdistill.losses.schedule` — loss-weight schedules (constant, linear warm-up).
 
@@ -17,6 +18,7 @@ from featdistill.losses.contrastive import (
     sample_contrast_indices,
 )
 from featdistill.losses.features import at_loss, attention_map, class_means, fitnet_loss, nd_loss
+from featdistill.losses.logit_variants import lsr_loss, nkd_loss, standardize_logits, tfkd_loss, tfkd_teacher
 from featdistill.losses.logits import (
     cross_entropy,
     dist_loss,
@@ -55,11 +57,16 @@ __all__ = [
     "l2_normalize",
     "linear_cka",
     "linear_warmup",
+    "lsr_loss",
     "momentum_rows",
     "nd_loss",
+    "nkd_loss",
     "nce_loss",
     "pearson_correlation",
     "sample_contrast_indices",
     "soft_target_ce",
+    "standardize_logits",
+    "tfkd_loss",
+    "tfkd_teacher",
     "topk_to_probs",
 ]

@@ -17,9 +17,11 @@ from featdistill.methods import (  # noqa: F401  (registration)
     lsskd,
     mealv2,
     nd,
+    nkd,
     ofa,
     output,
     pela,
+    tfkd,
 )
 from featdistill.methods.base import METHODS, Method, build_method, list_methods, register_method
 

@@ -47,7 +47,7 @@ class Method(nn.Module):
     #: trained at 1e-4 while the student starts at 1e-2); set per instance in ``__init__``
     lr_scales: dict[str, float]
 
-    def __init__(self, weights: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, weights: Mapping[str, Any] | None = None, logit_standardization: bool = False) -> None:
         super().__init__()
         unknown = set(weights or {}) - set(self.default_weights)
         if unknown:
@@ -59,6 +59,10 @@ class Method(nn.Module):
         self.weights: dict[str, Schedule] = {k: Schedule.parse(v) for k, v in merged.items()}
         self.adapters = nn.ModuleDict()
         self.lr_scales = {}
+        #: z-score the logits before the distillation loss (Sun et al., CVPR 2024); see :meth:`standardized`
+        self.logit_standardization = bool(logit_standardization)
+        if self.logit_standardization and type(self).__init__ is Method.__init__:
+            raise ValueError(f"method {self.name!r} has no logit distillation term to standardise")
 
     # -- tasks -------------------------------------------------------------------------------------------
     @classmethod
@@ -126,6 +130,22 @@ class Method(nn.Module):
                 )
             kind = "identity"
         self.adapters[key] = build_adapter(s, t, kind).to(student_feat.device)
+
+    def standardized(self, *logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The logits as the distillation loss should see them: z-scored per row when the recipe was built
+        with ``logit_standardization=True`` ("Logit Standardization in KD", Sun et al., CVPR 2024;
+        :func:`~featdistill.losses.logit_variants.standardize_logits`), unchanged otherwise.
+
+        The one place the switch is applied: a logit recipe accepts ``logit_standardization`` and passes it to
+        ``Method.__init__``, then routes the student and teacher logits of its distillation terms (never of a
+        hard-label CE term) through this. Rows are the valid positions ``(N, C)``, so it acts per pixel / per
+        token on dense tasks; the recipe's temperature becomes the paper's base temperature.
+        """
+        if not self.logit_standardization:
+            return logits
+        from featdistill.losses.logit_variants import standardize_logits
+
+        return tuple(standardize_logits(z) for z in logits)
 
     def weight(self, term: str, epoch: float) -> float:
         return self.weights[term](epoch) if term in self.weights else 1.0

@@ -32,8 +32,14 @@ class Collaborative(Method):
     default_weights = {"peer_ce": 1.0, "kl": 1.0, "peer_kl": 1.0}
     default_ce_weight = 1.0
 
-    def __init__(self, peer: nn.Module, temperature: float = 1.0, weights: Mapping[str, Any] | None = None) -> None:
-        super().__init__(weights)
+    def __init__(
+        self,
+        peer: nn.Module,
+        temperature: float = 1.0,
+        weights: Mapping[str, Any] | None = None,
+        logit_standardization: bool = False,
+    ) -> None:
+        super().__init__(weights, logit_standardization)
         if not isinstance(peer, nn.Module):
             raise TypeError("collaborative: peer must be an nn.Module (the second student)")
         self.peer = peer
@@ -48,8 +54,9 @@ class Collaborative(Method):
         z_s = student_feats["logits"]
         z_p = self.peer(batch["input"]).float()
         t = self.temperature
+        y_s, y_p = self.standardized(z_s, z_p)  # the mutual KL terms only; the peer's CE sees raw logits
         return {
             "peer_ce": cross_entropy(z_p, batch["target"]),
-            "kl": kd_loss(z_s, z_p.detach(), t),
-            "peer_kl": kd_loss(z_p, z_s.detach(), t),
+            "kl": kd_loss(y_s, y_p.detach(), t),
+            "peer_kl": kd_loss(y_p, y_s.detach(), t),
         }

@@ -32,8 +32,9 @@ class DIST(Method):
         gamma: float = 1.0,
         temperature: float = 1.0,
         weights: Mapping[str, Any] | None = None,
+        logit_standardization: bool = False,
     ) -> None:
-        super().__init__(weights)
+        super().__init__(weights, logit_standardization)
         self.beta, self.gamma, self.temperature = beta, gamma, temperature
 
     def teacher_taps(self) -> dict[str, TapSpec]:
@@ -42,5 +43,5 @@ class DIST(Method):
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
-        s, t = student_feats["logits"], teacher_feats["logits"]
+        s, t = self.standardized(student_feats["logits"], teacher_feats["logits"])
         return {"dist": dist_loss(s, t, beta=self.beta, gamma=self.gamma, temperature=self.temperature)}

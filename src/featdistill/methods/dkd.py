@@ -32,8 +32,9 @@ class DKD(Method):
         beta: float = 8.0,
         temperature: float = 4.0,
         weights: Mapping[str, Any] | None = None,
+        logit_standardization: bool = False,
     ) -> None:
-        super().__init__(weights)
+        super().__init__(weights, logit_standardization)
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
 
     def teacher_taps(self) -> dict[str, TapSpec]:
@@ -42,9 +43,10 @@ class DKD(Method):
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
+        z_s, z_t = self.standardized(student_feats["logits"], teacher_feats["logits"])
         loss = dkd_loss(
-            student_feats["logits"],
-            teacher_feats["logits"],
+            z_s,
+            z_t,
             batch["target"],
             alpha=self.alpha,
             beta=self.beta,

@@ -38,8 +38,9 @@ class KDOCT(Method):
         focal_gamma: float = 0.0,
         focal_alpha: float | list[float] | None = None,
         weights: Mapping[str, Any] | None = None,
+        logit_standardization: bool = False,
     ) -> None:
-        super().__init__(weights)
+        super().__init__(weights, logit_standardization)
         self.temperature, self.focal_gamma, self.focal_alpha = temperature, focal_gamma, focal_alpha
 
     def teacher_taps(self) -> dict[str, TapSpec]:
@@ -53,7 +54,8 @@ class KDOCT(Method):
             hard = focal_loss(z_s, y, gamma=self.focal_gamma, alpha=self.focal_alpha)
         else:
             hard = cross_entropy(z_s, y)
-        return {"soft": kd_loss(z_s, teacher_feats["logits"], self.temperature), "hard": hard}
+        soft = kd_loss(*self.standardized(z_s, teacher_feats["logits"]), self.temperature)  # hard term: raw logits
+        return {"soft": soft, "hard": hard}
 
 
 @register_method

@@ -113,8 +113,9 @@ class LELP(Method):
         seed: int = 0,
         teacher_path: str | None = None,
         weights: Mapping[str, Any] | None = None,
+        logit_standardization: bool = False,
     ) -> None:
-        super().__init__(weights)
+        super().__init__(weights, logit_standardization)
         self.num_subclasses, self.beta, self.null_space, self.seed = num_subclasses, beta, null_space, seed
         self.teacher_path = teacher_path
         self.head_path: str | None = None
@@ -175,11 +176,11 @@ class LELP(Method):
     ) -> dict[str, torch.Tensor]:
         if self.dirs is None:
             raise RuntimeError("lelp: call method.fit(teacher, train_loader) before training")
-        z = student_feats["sub"]
+        z, z_t = self.standardized(student_feats["sub"], teacher_feats["logits"])  # S·C and C logits, per row
         dev = z.device
         proj = None if self.projector is None else self.projector.to(dev)
         q = subclass_targets(
-            teacher_feats["logits"],
+            z_t,
             teacher_feats["emb"].flatten(1),
             self.dirs.to(dev),
             self.means.to(dev),

@@ -67,8 +67,9 @@ class _NDBase(Method):
         temperature: float = 4.0,
         dropout: float = 0.5,
         weights: Mapping[str, Any] | None = None,
+        logit_standardization: bool = False,
     ) -> None:
-        super().__init__(weights)
+        super().__init__(weights, logit_standardization)
         self.student_path, self.teacher_path = student_path, teacher_path
         self.temperature, self.dropout = temperature, dropout
         self.register_buffer(
@@ -149,7 +150,7 @@ class ND(_NDBase):
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
         return {
-            "kd": kd_loss(student_feats["logits"], teacher_feats["logits"], self.temperature),
+            "kd": kd_loss(*self.standardized(student_feats["logits"], teacher_feats["logits"]), self.temperature),
             "nd": self.nd_term(student_feats, teacher_feats, batch["target"]),
         }
 
@@ -176,9 +177,10 @@ class DKDPlusPlus(_NDBase):
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
+        z_s, z_t = self.standardized(student_feats["logits"], teacher_feats["logits"])
         dkd = dkd_loss(
-            student_feats["logits"],
-            teacher_feats["logits"],
+            z_s,
+            z_t,
             batch["target"],
             alpha=self.alpha,
             beta=self.beta,

@@ -191,8 +191,9 @@ class OFA(Method):
         student_paths: Sequence[str] | None = None,
         width: int | None = None,
         weights: Mapping[str, Any] | None = None,
+        logit_standardization: bool = False,
     ) -> None:
-        super().__init__(weights)
+        super().__init__(weights, logit_standardization)
         self.eps = eps
         self.temperature = temperature
         self.student_paths = list(student_paths) if student_paths else None
@@ -236,13 +237,20 @@ class OFA(Method):
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
-        z_t, y = teacher_feats["logits"], batch["target"]
+        y = batch["target"]
+        (z_t,) = self.standardized(teacher_feats["logits"])
         n = len(self.student_paths or [])
         branch_losses = [
-            ofa_loss(self.adapters[f"stage{i}"](student_feats[f"stage{i}"]), z_t, y, self._eps(i), self.temperature)
+            ofa_loss(
+                *self.standardized(self.adapters[f"stage{i}"](student_feats[f"stage{i}"])),
+                z_t,
+                y,
+                self._eps(i),
+                self.temperature,
+            )
             for i in range(n)
         ]
         return {
-            "kd": ofa_loss(student_feats["logits"], z_t, y, self._eps(n), self.temperature),
+            "kd": ofa_loss(*self.standardized(student_feats["logits"]), z_t, y, self._eps(n), self.temperature),
             "ofa": torch.stack(branch_losses).sum(),
         }
