@@ -480,3 +480,42 @@ def test_init_stage_trains_feature_layers_then_ce_only(name):
         assert method.adapters["ab0"] is connector
     _, losses = d(loader[0])
     assert set(losses) == {"ce"}  # stage 2: CE only, as RepDistiller
+
+
+class _SeqModel(torch.nn.Module):
+    """A tiny sequence classifier with HF-style keyword inputs: token features at ``body``, masked mean, head."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(11, dim)
+        self.body = torch.nn.Linear(dim, dim)
+        self.head = torch.nn.Linear(dim, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+        h = torch.relu(self.body(self.embed(input_ids)))
+        m = attention_mask[..., None].to(h.dtype)
+        return {"logits": self.head((h * m).sum(1) / m.sum(1))}
+
+
+@pytest.mark.parametrize("name", ["rkd", "pkt"])
+def test_embedding_relations_apply_to_sequences_and_ignore_padding(name):
+    from featdistill.tasks import build_task
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 11, (6, 7), generator=g)
+    mask = torch.ones(6, 7, dtype=torch.long)
+    mask[:, 5:] = 0
+    batch = {"input": {"input_ids": ids * mask, "attention_mask": mask}, "target": torch.arange(6) % 3}
+    batch["sample_id"] = torch.arange(6)
+    method = build_method(name, student_path="body", teacher_path="body")
+    d = Distiller(_SeqModel(4), method, _SeqModel(8), task=build_task("sequence-classification"))
+    _, a = d(batch)
+    # other ids at the padded positions change only padded token features: the relations must not move
+    batch2 = {**batch, "input": {**batch["input"], "input_ids": batch["input"]["input_ids"].clone()}}
+    batch2["input"]["input_ids"][:, 5:] = torch.randint(1, 11, (6, 2), generator=g)  # per sample: RKD sees differences
+    _, b = d(batch2)
+    terms = set(a) - {"ce"}
+    assert terms and all(math.isclose(float(a[k].detach()), float(b[k].detach()), rel_tol=1e-6) for k in terms)
+    sum(a.values()).backward()
+    assert d.student.body.weight.grad is not None and d.student.body.weight.grad.abs().sum() > 0

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from featdistill.losses.similarity import pkt_loss
+from featdistill.methods._util import pool_tokens
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.methods.rkd import embedding
 from featdistill.taps import TapSpec
@@ -21,11 +22,13 @@ class PKT(Method):
     ``L = CE + w·KL(P_t ‖ P_s)`` with the cosine-similarity kernel mapped to [0, 1] and row-normalised into
     conditional probabilities (:func:`~featdistill.losses.similarity.pkt_loss`, eps 1e-7), on the pooled
     embeddings — RepDistiller ``--distill pkt -b 30000`` and mdistiller ``CFG.PKT`` (FEAT_WEIGHT 30000, CE 1).
-    No adapter (the kernel compares any widths).
+    No adapter (the kernel compares any widths). Any task: a feature is flattened per sample; a ``(B, L, D)``
+    sequence feature is first averaged over its non-padding tokens (``position_mask``).
     """
 
     name = "pkt"
     paper = "Learning Deep Representations with Probabilistic Knowledge Transfer (Passalis & Tefas, ECCV 2018)"
+    applies_to = frozenset({"any"})
     default_weights = {"pkt": 30000.0}
     default_ce_weight = 1.0
 
@@ -55,4 +58,6 @@ class PKT(Method):
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
-        return {"pkt": pkt_loss(student_feats["emb"], teacher_feats["emb"], eps=self.eps)}
+        mask = batch.get("position_mask")  # sequence tasks: each sample is its mean over non-padding tokens
+        s, t = pool_tokens(student_feats["emb"], mask), pool_tokens(teacher_feats["emb"], mask)
+        return {"pkt": pkt_loss(s, t, eps=self.eps)}

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from featdistill.losses.similarity import rkd_angle_loss, rkd_distance_loss
+from featdistill.methods._util import pool_tokens
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.taps import TapSpec
 
@@ -33,10 +34,13 @@ class RKD(Method):
     w_d = 25, w_a = 50 are RepDistiller's ``RKDLoss`` / mdistiller's ``CFG.RKD`` defaults, applied with ``-b 1``
     (FEAT_WEIGHT 1) and CE 1; here they are the two named terms' weights, so ``distance``/``angle`` are logged
     apart. No adapter: both relations compare any widths. ``squared``/``eps``: mdistiller's ``PDIST`` options.
+    Any task: a feature is flattened per sample; a ``(B, L, D)`` sequence feature is first averaged over its
+    non-padding tokens (``position_mask``).
     """
 
     name = "rkd"
     paper = "Relational Knowledge Distillation (Park et al., CVPR 2019)"
+    applies_to = frozenset({"any"})
     default_weights = {"distance": 25.0, "angle": 50.0}
     default_ce_weight = 1.0
 
@@ -68,7 +72,8 @@ class RKD(Method):
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
-        s, t = student_feats["emb"], teacher_feats["emb"]
+        mask = batch.get("position_mask")  # sequence tasks: each sample is its mean over non-padding tokens
+        s, t = pool_tokens(student_feats["emb"], mask), pool_tokens(teacher_feats["emb"], mask)
         return {
             "distance": rkd_distance_loss(s, t, squared=self.squared, eps=self.eps),
             "angle": rkd_angle_loss(s, t),
