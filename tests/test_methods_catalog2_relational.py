@@ -519,3 +519,24 @@ def test_embedding_relations_apply_to_sequences_and_ignore_padding(name):
     assert terms and all(math.isclose(float(a[k].detach()), float(b[k].detach()), rel_tol=1e-6) for k in terms)
     sum(a.values()).backward()
     assert d.student.body.weight.grad is not None and d.student.body.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["sp", "nst", "ickd", "kdsvd", "fsp", "ab"])
+def test_map_recipes_apply_to_segmentation(name):
+    """``applies_to = image``: the map recipes take a dense task too (zoo ``segnet``, per-pixel CE)."""
+    from featdistill.tasks import build_task
+
+    torch.manual_seed(0)
+    teacher = build_model("segnet", num_classes=4, image_size=16)
+    student = build_model("segnet", num_classes=4, image_size=16)
+    kw: dict = {}
+    if name in ("fsp", "ab"):  # no default taps for segnet: the encoder stages
+        kw = {"student_paths": student.stage_paths[:3], "teacher_paths": teacher.stage_paths[:3], "init_epochs": 0}
+        kw["weights"] = {name: 1.0}
+    d = Distiller(student, build_method(name, **kw), teacher, task=build_task("segmentation", num_classes=4))
+    g = torch.Generator().manual_seed(1)
+    batch = {"input": torch.randn(4, 3, 16, 16, generator=g), "target": torch.randint(0, 4, (4, 16, 16), generator=g)}
+    _, losses = d(batch)
+    assert set(losses) == {"ce", name} and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in student.stage1.parameters())
