@@ -540,3 +540,41 @@ def test_map_recipes_apply_to_segmentation(name):
     assert set(losses) == {"ce", name} and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in student.stage1.parameters())
+
+
+def test_half_precision_inputs_compute_in_float32_and_teacher_inference_tensors_are_accepted():
+    maps_s = [rand(3, 4, 4, 4, seed=i).bfloat16() for i in range(3)]
+    with torch.inference_mode():  # what a LiveTeacher returns
+        maps_t = [rand(3, 4, 4, 4, seed=10 + i).bfloat16() for i in range(3)]
+    emb_s, emb_t = maps_s[0].flatten(1), maps_t[0].flatten(1)
+    outs = [
+        sp_loss(maps_s[0], maps_t[0]),
+        cc_loss(emb_s, emb_t),
+        cckd_loss(emb_s, emb_t),
+        rkd_distance_loss(emb_s, emb_t),
+        rkd_angle_loss(emb_s, emb_t),
+        pkt_loss(emb_s, emb_t),
+        nst_loss(maps_s[0], maps_t[0]),
+        ickd_loss(maps_s[0], maps_t[0]),
+        fsp_loss(maps_s, maps_t),
+        kdsvd_loss(maps_s, maps_t),
+        ab_loss(maps_s, maps_t),
+    ]
+    assert all(o.dtype == torch.float32 and torch.isfinite(o) for o in outs)
+
+
+def test_init_stage_reads_a_teacher_source_like_the_live_model():
+    """``fit`` takes the teacher source (e.g. a store) as well: the same taps by name give the same stage."""
+    from featdistill.teacher import LiveTeacher
+
+    loader = [_batch(seed=i) for i in range(2)]
+    histories = []
+    for as_source in (False, True):
+        torch.manual_seed(0)
+        teacher = build_model("resnet14", num_classes=10, image_size=16)
+        student = build_model("resnet8", num_classes=10, image_size=16)
+        method = build_method("fsp", init_epochs=2, init_device="cpu")
+        Distiller(student, method, teacher)
+        method.fit(LiveTeacher(teacher, method.teacher_taps()) if as_source else teacher, loader)
+        histories.append(method.init_history)
+    assert histories[0] == pytest.approx(histories[1], rel=1e-6)
