@@ -183,8 +183,9 @@ def _flat_pair(student: Tensor, teacher: Tensor, fn: str) -> tuple[Tensor, Tenso
 def rkd_distance_loss(student: Tensor, teacher: Tensor, squared: bool = False, eps: float = 1e-12) -> Tensor:
     """RKD-D: ``smooth_l1(ψ_D(s), ψ_D(t))`` (mean over the B² entries, β = 1), each distance matrix divided by
     the mean of its positive entries (RepDistiller ``RKDLoss``, mdistiller ``rkd_loss``; the teacher side is
-    detached). The paper averages over distinct pairs only; the code's mean includes the B zero diagonal
-    entries. Invariant to a global scale of either side and to rotations / translations."""
+    detached). The normaliser is the mean over distinct pairs (as in the paper); the Huber mean includes the B zero
+    diagonal entries (the paper sums over distinct pairs; recalled, not re-checked). Invariant to a global scale
+    of either side and to rotations / translations."""
     s, t = _flat_pair(student, teacher, "rkd_distance_loss")
     t_d = rkd_pdist(t, squared, eps)
     t_d = t_d / t_d[t_d > 0].mean()
@@ -215,8 +216,8 @@ def pkt_loss(student: Tensor, teacher: Tensor, eps: float = 1e-7) -> Tensor:
 
     Rows are divided by ``‖x‖ + eps`` (NaNs set to 0), cosines mapped to ``[0, 1]`` by ``(K + 1)/2``, each row
     normalised to a distribution ``P_i·``, and ``L = mean_ij P^t_ij · log((P^t_ij + eps)/(P^s_ij + eps))``.
-    **Paper vs code**: the paper's KL sums over j and averages over i; the code's ``mean`` over all B² entries is
-    that KL divided by B (and the diagonal ``j = i`` is kept). Invariant to a positive per-sample scale; widths
+    **Paper vs code**: the code takes the ``mean`` over all B² entries, the diagonal ``j = i`` kept; the paper writes
+    the KL as a sum over the pairs (recalled, not re-checked). Invariant to a positive per-sample scale; widths
     may differ (``(B, D_s)`` and ``(B, D_t)``; maps are flattened per sample).
     """
     s, t = _flat_pair(student, teacher, "pkt_loss")
@@ -280,8 +281,8 @@ def ickd_loss(
     (``reduction="official"``: the authors' CIFAR code ``ADLab-AutoDrive/ICKD`` ``Cifar100/distiller_zoo/ICKD.py``).
 
     ``student_map`` must already be embedded to the teacher's channel count (the recipe's conv + BN); spatial sizes
-    may differ (the Gram is C × C). **Paper vs code**: the paper averages ``‖G_s − G_t‖_F²`` over the batch with a
-    ``1/C²`` factor; the codes divide by ``C`` and by ``B²`` (torchdistill) or ``B`` (CIFAR code).
+    may differ (the Gram is C × C). The two codes differ in the batch factor (``B²`` vs ``B``) and the embedding
+    kernel (3 × 3 vs 1 × 1); the paper's normalisation was not re-checked.
     """
     if student_map.shape[:2] != teacher_map.shape[:2]:
         raise ValueError(
@@ -315,9 +316,9 @@ def fsp_matrix(bottom: Tensor, top: Tensor) -> Tensor:
 def fsp_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor]) -> Tensor:
     """FSP: ``Σ_k mean((G_s,k − G_t,k)²)`` over the consecutive pairs ``(f_k, f_k+1)`` of each network's maps
     (RepDistiller ``FSP``: one MSE per pair, summed by its trainer). Channel counts must agree stage by stage
-    (RepDistiller raises otherwise). **Paper vs code**: the paper's FSP matrix is ``Σ_hw / (h·w)`` — the same as
-    the code's ``mean`` — and its loss is ``1/N Σ_x Σ_k λ_k ‖·‖²`` with equal λ; the code takes the mean over the
-    ``C_top·C_bottom`` entries and the batch."""
+    (RepDistiller raises otherwise). **Paper vs code** (paper recalled, not re-checked): the FSP matrix is the same
+    ``Σ_hw / (h·w)``; the paper's loss sums the squared entries (equal λ, averaged over samples), the code takes the
+    mean over the ``C_top·C_bottom`` entries and the batch."""
     if len(student_maps) != len(teacher_maps) or len(student_maps) < 2:
         raise ValueError(
             f"fsp_loss: need the same number (≥ 2) of student and teacher maps, got {len(student_maps)} and "
@@ -375,10 +376,10 @@ def kdsvd_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], k
     both are scaled by the teacher's normalised singular values. Between consecutive stages, an RBF
     ``exp(−(v_i,c − v_i−1,c')² / 8)`` over every channel pair gives a ``(B, C_i, C_i−1, k)`` tensor per network;
     ``L = Σ_stages Σ (rbf_s − rbf_t)² / B`` (non-finite entries dropped, teacher side detached). Channel counts
-    must agree stage by stage. **Paper vs code**: the paper keeps the top-k vectors of both networks and
-    post-processes them with a learned-free radial basis between *feature pairs*; RepDistiller's port uses
-    ``k + 3`` student candidates for the alignment and drops the singular-value weighting to 1 for k = 1 (a single
-    normalised value). mdistiller's port reshapes the map to ``(C·H, W)`` instead of ``(H·W, C)``.
+    must agree stage by stage. RepDistiller's port uses ``k + 3`` student candidates for the alignment, and for
+    k = 1 the singular-value weighting is 1 (one normalised value); mdistiller's port reshapes the map to
+    ``(C·H, W)`` instead of ``(H·W, C)`` (another matrix) — we follow RepDistiller. Not compared with the paper.
+    The value depends on the SVD's sign choice for the teacher's vectors, as in the reference.
     """
     if len(student_maps) != len(teacher_maps) or len(student_maps) < 2:
         raise ValueError(
@@ -431,8 +432,9 @@ def ab_criterion(source: Tensor, target: Tensor, margin: float = 1.0) -> Tensor:
 
 def ab_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], margin: float = 1.0) -> Tensor:
     """AB as RepDistiller's ``ABLoss``: ``Σ_i 2^(i−n+1) · ab_criterion_i / B / 1000 · 3`` over the ``n`` stage
-    pairs (deeper stages weigh more: 1/4, 1/2, 1 for three). **Paper vs code**: the paper's loss is the plain sum of
-    the per-neuron hinge-squared terms; the stage weights and the ``3/1000`` factor are the code's."""
+    pairs (deeper stages weigh more: 1/4, 1/2, 1 for three). **Paper vs code** (paper recalled, not re-checked): the
+    paper's loss is the plain sum of the per-neuron terms; the stage weights and the ``3/1000`` factor are the
+    code's."""
     n = len(student_maps)
     if n != len(teacher_maps) or n == 0:
         raise ValueError(f"ab_loss: pair the maps, got {n} student and {len(teacher_maps)} teacher maps")
