@@ -1,0 +1,174 @@
+"""Catalog II feature recipes (VID, FT, OFD, ReviewKD, SRD): each loss against hand computation and its defining
+property (float64), each recipe trained a real step on a zoo pair."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from featdistill.distiller import Distiller
+from featdistill.losses.feature_regression import ft_factor, ft_loss, match_spatial, vid_loss, vid_variance
+from featdistill.methods import build_method
+from featdistill.models import build_model
+from featdistill.train import checkpoint as ckpt
+
+D64 = torch.float64
+C = 4
+
+
+def _batch(n: int = 4, seed: int = 0, size: int = 16) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input": torch.randn(n, 3, size, size, generator=g),
+        "target": torch.arange(n) % C,
+        "sample_id": torch.arange(n),
+        "view_id": torch.zeros(n, dtype=torch.long),
+    }
+
+
+def _pair(teacher: str = "resnet14", student: str = "resnet8", seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(teacher, num_classes=C, image_size=16), build_model(student, num_classes=C, image_size=16)
+
+
+def _train_step(d: Distiller, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.01)
+    _, losses = d(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    opt.zero_grad()
+    total.backward()
+    opt.step()
+    return losses
+
+
+def _adapter_grads(method) -> bool:
+    return all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in method.adapters.parameters() if p.requires_grad
+    )
+
+
+# -- shared helpers -------------------------------------------------------------------------------------------
+def test_match_spatial_pools_the_larger_map():
+    a, b = torch.ones(1, 2, 8, 8, dtype=D64), torch.ones(1, 3, 4, 4, dtype=D64)
+    s, t = match_spatial(a, b)
+    assert s.shape == (1, 2, 4, 4) and t is b
+    t2, s2 = match_spatial(b, a)
+    assert t2 is b and s2.shape == (1, 2, 4, 4)
+
+
+# -- VID ------------------------------------------------------------------------------------------------------
+def test_vid_variance_init_and_by_hand():
+    alpha = torch.full((3,), math.log(math.exp(5.0 - 1e-5) - 1.0), dtype=D64)
+    assert vid_variance(alpha).tolist() == pytest.approx([5.0] * 3, abs=1e-12)
+    assert vid_variance(torch.zeros(1, dtype=D64), eps=0.0).item() == pytest.approx(math.log(2.0), rel=1e-15)
+
+
+def test_vid_loss_by_hand():
+    mu = torch.tensor([1.0, 2.0], dtype=D64).view(1, 2, 1, 1)
+    t = torch.zeros(1, 2, 1, 1, dtype=D64)
+    var = [1.0, 4.0]
+    alpha = torch.tensor([math.log(math.exp(v) - 1.0) for v in var], dtype=D64)  # softplus⁻¹, eps 0
+    want = 0.5 * ((1.0 / 1.0 + math.log(1.0)) + (4.0 / 4.0 + math.log(4.0))) / 2
+    got = vid_loss(mu, t, alpha, eps=0.0)
+    assert got.dtype == D64 and got.item() == pytest.approx(want, rel=1e-13)
+
+
+def test_vid_loss_minimum_and_gradient_direction():
+    """Minimum over the mean at μ = f_t; over the variance at σ² = (μ − f_t)²; ∂L/∂μ has the sign of μ − f_t."""
+    t = torch.tensor([0.5, -1.0], dtype=D64).view(1, 2, 1, 1)
+    alpha = torch.zeros(2, dtype=D64)
+    mu = torch.tensor([1.5, -3.0], dtype=D64).view(1, 2, 1, 1).requires_grad_(True)
+    vid_loss(mu, t, alpha).backward()
+    assert (torch.sign(mu.grad) == torch.sign(mu.detach() - t)).all()
+    at_t = vid_loss(t.clone(), t, alpha)
+    assert at_t.item() < vid_loss(mu.detach(), t, alpha).item()
+    assert at_t.item() == pytest.approx(0.5 * math.log(math.log(2.0) + 1e-5), rel=1e-12)
+    e2 = 0.7**2  # a single error of 0.7: the variance minimising ½(e²/σ² + log σ²) is e²
+    m1, t1 = torch.full((1, 1, 1, 1), 0.7, dtype=D64), torch.zeros(1, 1, 1, 1, dtype=D64)
+
+    def at(var: float) -> float:
+        return vid_loss(m1, t1, torch.tensor([math.log(math.expm1(var))], dtype=D64), eps=0.0).item()
+
+    assert at(e2) < min(at(e2 * 0.9), at(e2 * 1.1))
+
+
+def test_vid_recipe_trains_a_step():
+    teacher, student = _pair()
+    m = build_method("vid")
+    d = Distiller(student, m, teacher)
+    losses = _train_step(d, _batch())
+    assert set(losses) == {"ce", "vid"} and len(m.adapters) == 3
+    assert _adapter_grads(m)
+    assert m.adapters["vid0"].log_scale.grad.abs().sum() > 0  # the variance is trained (RepDistiller)
+    reg = m.adapters["vid2"].regressor
+    assert [c.in_channels for c in reg if isinstance(c, torch.nn.Conv2d)] == [64, 64, 64]
+    m.double()
+    s = {f"vid{i}": torch.randn(2, c, h, h, dtype=D64) for i, (c, h) in enumerate([(16, 16), (32, 8), (64, 4)])}
+    t = {f"vid{i}": torch.randn(2, c, h, h, dtype=D64) for i, (c, h) in enumerate([(16, 16), (32, 8), (64, 4)])}
+    assert m(s, t, {}, 0.0)["vid"].dtype == D64
+
+
+# -- FT ---------------------------------------------------------------------------------------------------------
+def test_ft_factor_by_hand():
+    f = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]], dtype=D64)  # (1, 2, 1, 2)
+    a = [(1 + 9) / 2, (4 + 0) / 2]  # mean over channels of f²
+    n = math.sqrt(sum(x * x for x in a))
+    got = ft_factor(f)
+    assert got.dtype == D64 and got[0].tolist() == pytest.approx([x / n for x in a], rel=1e-15)
+
+
+def test_ft_loss_by_hand_zero_at_identity_and_scale_invariant():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 3, 4, 4, generator=g, dtype=D64)
+    t = torch.randn(2, 5, 4, 4, generator=g, dtype=D64)
+    want = (ft_factor(s) - ft_factor(t)).abs().mean()
+    fs = s.pow(2).mean(1).reshape(2, -1)
+    ft_ = t.pow(2).mean(1).reshape(2, -1)
+    by_hand = (fs / fs.norm(dim=1, keepdim=True) - ft_ / ft_.norm(dim=1, keepdim=True)).abs().mean()
+    got = ft_loss(s, t)
+    assert got.dtype == D64 and got.item() == pytest.approx(by_hand.item(), rel=1e-13) and torch.equal(got, want)
+    assert ft_loss(t, t).item() == 0.0
+    assert ft_loss(3.0 * s, -0.5 * t).item() == pytest.approx(got.item(), rel=1e-12)  # F(a·f) = F(f)
+    assert ft_loss(s, t, p2=2).item() == pytest.approx((ft_factor(s) - ft_factor(t)).pow(2).mean().item(), rel=1e-13)
+
+
+def test_ft_fit_pretrains_then_freezes_the_paraphraser():
+    teacher, student = _pair()
+    m = build_method("ft", init_epochs=3, init_lr=0.01, pretrain_device="cpu")
+    d = Distiller(student, m, teacher)
+    loader = [_batch(8, seed=i) for i in range(3)]
+    d.fit_data(loader, C)
+    hist = m.pretrain_history
+    assert len(hist) == 3 and hist[-1] < hist[0]  # the reconstruction improves
+    assert not any(p.requires_grad for p in m.paraphraser.parameters())
+    d.prepare(_batch())
+    ids = {id(p) for p in d.trainable_parameters()}
+    assert not any(id(p) in ids for p in m.paraphraser.parameters())
+    assert any(id(p) in ids for p in m.adapters["translator"].parameters())
+    d.train()
+    assert not m.paraphraser.training and m.adapters["translator"].training
+    before = {k: v.clone() for k, v in m.paraphraser.state_dict().items()}
+    losses = _train_step(d, _batch(seed=5))
+    assert set(losses) == {"ce", "ft"} and _adapter_grads(m)
+    assert all(torch.equal(before[k], v) for k, v in m.paraphraser.state_dict().items())  # frozen in stage 2
+    assert not any(k.startswith("method.paraphraser") for k in ckpt.trainable_state_dict(d))
+    # fit again from the same seed (what a resumed run does) rebuilds the same paraphraser
+    teacher2, student2 = _pair()
+    m2 = build_method("ft", init_epochs=3, init_lr=0.01, pretrain_device="cpu")
+    Distiller(student2, m2, teacher2).fit_data(loader, C)
+    assert all(torch.equal(before[k], v) for k, v in m2.paraphraser.state_dict().items())
+
+
+def test_ft_translator_shape_and_float64():
+    teacher, student = _pair("resnet14", "resnet8")
+    m = build_method("ft", init_epochs=0)
+    d = Distiller(student, m, teacher)
+    d.prepare(_batch())
+    enc = m.adapters["translator"].encoder
+    assert enc[0].in_channels == 64 and enc[-3].out_channels == 32  # k·C_t = 0.5·64
+    m.double()
+    out = m({"ft": torch.randn(2, 64, 4, 4, dtype=D64)}, {"ft": torch.randn(2, 64, 4, 4, dtype=D64)}, {}, 0.0)
+    assert out["ft"].dtype == D64
