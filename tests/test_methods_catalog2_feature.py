@@ -172,3 +172,92 @@ def test_ft_translator_shape_and_float64():
     m.double()
     out = m({"ft": torch.randn(2, 64, 4, 4, dtype=D64)}, {"ft": torch.randn(2, 64, 4, 4, dtype=D64)}, {}, 0.0)
     assert out["ft"].dtype == D64
+
+
+# -- OFD ---------------------------------------------------------------------------------------------------------
+def _phi(x: float) -> float:
+    return math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+
+def _cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def test_ofd_margin_by_hand():
+    from featdistill.losses.feature_regression import ofd_margin
+
+    g = torch.tensor([1.0, 2.0, -2.0, 0.5], dtype=D64)
+    b = torch.tensor([0.0, 1.0, 1.0, 3.0], dtype=D64)
+    want = [-_phi(0) / 0.5]  # E[x | x < 0] for N(0, 1) = −sqrt(2/π)
+    want.append(1.0 - 2.0 * _phi(0.5) / _cdf(-0.5))  # N(1, 2²)
+    want.append(want[-1])  # |γ|: the sign of the BN weight does not matter
+    assert _cdf(-6.0) < 0.001
+    want.append(-3 * 0.5)  # Φ(−β/|γ|) ≤ 0.001 → −3|γ|
+    got = ofd_margin(g, b)
+    assert got.dtype == D64 and got.tolist() == pytest.approx(want, rel=1e-12)
+    assert want[0] == pytest.approx(-math.sqrt(2 / math.pi), rel=1e-14)
+
+
+def test_ofd_partial_l2_by_hand_and_zero_at_identity():
+    from featdistill.losses.feature_regression import ofd_partial_l2
+
+    m = -1.0
+    # per element (s, t): teacher off below the margin (s above it / below it), teacher in (m, 0], teacher on
+    pairs = [(0.5, -2.0), (-1.5, -2.0), (0.3, -0.5), (-0.8, -0.5), (2.0, 1.0), (0.0, 1.0)]
+    want_el = [(0.5 - m) ** 2, 0.0, (0.3 + 0.5) ** 2, 0.0, 1.0, 1.0]
+    s = torch.tensor([[p[0] for p in pairs]] * 2, dtype=D64).view(2, 6, 1, 1)
+    t = torch.tensor([[p[1] for p in pairs]] * 2, dtype=D64).view(2, 6, 1, 1)
+    s[1] *= 2  # a second sample: the batch is averaged
+    want2 = [(1.0 - m) ** 2, 0.0, (0.6 + 0.5) ** 2, 0.0, 9.0, 1.0]
+    got = ofd_partial_l2(s, t, torch.full((6,), m, dtype=D64))
+    assert got.dtype == D64
+    assert got.item() == pytest.approx(sum((a + b) / 2 for a, b in zip(want_el, want2)), rel=1e-13)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 2, 2, generator=g, dtype=D64)
+    assert ofd_partial_l2(x, x, torch.full((4,), -0.5, dtype=D64)).item() == 0.0
+
+
+def test_ofd_partial_l2_gradient_direction():
+    from featdistill.losses.feature_regression import ofd_partial_l2
+
+    s = torch.tensor([0.5, 2.0, 0.0], dtype=D64).view(1, 3, 1, 1).requires_grad_(True)
+    t = torch.tensor([-3.0, 1.0, 1.0], dtype=D64).view(1, 3, 1, 1)
+    ofd_partial_l2(s, t, torch.full((3,), -1.0, dtype=D64)).backward()
+    g = s.grad.flatten().tolist()
+    assert g[0] > 0 and g[1] > 0 and g[2] < 0  # down to the margin / down to t / up to t
+
+
+@pytest.mark.parametrize(
+    "teacher,student",
+    [("resnet14", "resnet8"), ("resnet14", "shufflev2"), ("vgg13", "vgg8"), ("wrn_16_2", "wrn_16_1")],
+)
+def test_ofd_recipe_builds_and_trains(teacher, student):
+    from featdistill.losses.feature_regression import ofd_margin
+    from featdistill.methods.ofd import preact_points
+    from featdistill.taps import resolve_module
+
+    t, s = _pair(teacher, student)
+    m = build_method("ofd")
+    d = Distiller(s, m, t)
+    losses = _train_step(d, _batch(size=32))
+    assert set(losses) == {"ce", "ofd"} and _adapter_grads(m)
+    pts = preact_points(t)[-m.n_stages :]
+    bn = resolve_module(t, pts[0]["bn"])
+    assert torch.equal(m.margin0, ofd_margin(bn.weight.detach(), bn.bias.detach()).float())
+    assert (m.margin0 <= 0).all()
+    assert all(isinstance(a[0], torch.nn.Conv2d) and a[0].kernel_size == (1, 1) for a in m.adapters.values())
+
+
+def test_ofd_shufflev2_preact_is_cat_of_input_half_and_bn3():
+    """ReLU of the composed pre-activation, shuffled, is exactly the stage output (mdistiller's ``preact``)."""
+    from featdistill.taps import Taps, TapSpec
+
+    t, s = _pair("resnet14", "shufflev2")
+    m = build_method("ofd")
+    Distiller(s, m, t)
+    s.eval()
+    with Taps(s, {**m.student_taps(), "out": TapSpec("layer3")}) as taps, torch.no_grad():
+        _, f = taps(_batch(size=32)["input"])
+    pre = m._student_preact(f, 2)
+    blk = s.layer3[-1]
+    assert torch.equal(blk.shuffle(torch.relu(pre)), f["out"])
