@@ -35,6 +35,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ("featdistill.data", "DataFormatError"),
         ("featdistill.tasks", "TaskError"),
         ("featdistill.yaml_safe", "YAMLLoadError"),
+        ("featdistill.locks", "DirectoryLockedError"),
     ]:
         try:
             errs.append(getattr(__import__(mod, fromlist=[name]), name))
@@ -148,8 +149,17 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.config == "info":
         if not args.store:
             raise FileNotFoundError("usage: featdistill cache info STORE_DIR")
-        print(cache.format_info(cache.store_info(args.store[0])))
-        return 0
+        info = cache.store_info(args.store[0])
+        print(cache.format_info(info))
+        return 1 if info["problems"] else 0
+    if args.config == "verify":
+        from featdistill.cache.integrity import format_verify, verify_store
+
+        if len(args.store) != 1:
+            raise FileNotFoundError("usage: featdistill cache verify STORE_DIR")
+        report = verify_store(args.store[0])
+        print(format_verify(report), file=sys.stdout if report["ok"] else sys.stderr)
+        return 0 if report["ok"] else 1
     path = cache.build_store_from_config(args.config, overrides=args.set or [])
     print(f"teacher store written: {path}")
     print(cache.format_info(cache.store_info(path)))
@@ -277,9 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test of the suite)")
     s.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("cache", help="build a teacher store from a config, or `cache info STORE`")
-    s.add_argument("config", help="CONFIG.yaml, or the word info")
-    s.add_argument("store", nargs="*", help="with info: the store folder")
+    s = sub.add_parser(
+        "cache", help="build a teacher store from a config; `cache info STORE`; `cache verify STORE` (sha256)"
+    )
+    s.add_argument("config", help="CONFIG.yaml, or the word info or verify")
+    s.add_argument("store", nargs="*", help="with info / verify: the store folder")
     s.add_argument("--set", action="append", metavar="KEY=VALUE")
     s.set_defaults(func=cmd_cache)
 

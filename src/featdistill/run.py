@@ -9,6 +9,7 @@ last epoch, and that last-epoch number is what reports show.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,7 +269,43 @@ def run_experiment(
 ) -> RunResult:
     """Train the configured student (with its method and teacher) and write the run directory.
 
-    ``callbacks`` are :class:`~featdistill.train.TrainerCallback` objects handed to the Trainer."""
+    ``callbacks`` are :class:`~featdistill.train.TrainerCallback` objects handed to the Trainer.
+
+    The run directory is locked for the whole run (:mod:`featdistill.locks`): a second run into it while this
+    one runs is refused (:class:`~featdistill.locks.DirectoryLockedError`).  A directory that already holds a
+    run is refused before anything is built unless ``resume``; the resolved ``config.yaml`` is written only once
+    the Trainer has accepted the run (a fresh directory, or a checkpoint that fits this config): at the end of
+    its first step."""
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes (and locks) the directory
+        return _run_experiment(cfg, resume, progress, callbacks)
+    from featdistill.locks import directory_lock
+
+    with directory_lock(cfg.resolved_run_dir(), "featdistill train"):
+        return _run_experiment(cfg, resume, progress, callbacks)
+
+
+class _WriteConfig:
+    """Writes the resolved ``config.yaml`` once the Trainer has accepted the run: at the end of the first
+    optimiser step, which comes after every refusal (a run already there, a checkpoint that does not fit)."""
+
+    def __init__(self, run_dir: Path, text: str) -> None:
+        self.run_dir, self.text, self.done = run_dir, text, False
+
+    def _write(self) -> None:
+        if not self.done:
+            from featdistill.io import atomic_write_text
+
+            atomic_write_text(self.run_dir / "config.yaml", self.text)
+            self.done = True
+
+    def on_step_end(self, trainer: Any, step: int) -> None:
+        self._write()
+
+    def on_epoch_end(self, trainer: Any, epoch: int, record: Any) -> None:
+        self._write()
+
+
+def _run_experiment(cfg: ExperimentConfig, resume: bool, progress: bool | None, callbacks: Sequence[Any]) -> RunResult:
     from featdistill.distiller import Distiller
     from featdistill.methods import build_method
     from featdistill.report import plot_run, summarize_model, write_report
@@ -280,9 +317,17 @@ def run_experiment(
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     run_dir = cfg.resolved_run_dir()
+    config_text = dump_config(cfg)  # refuses an unbounded value before anything runs
     if ctx.is_main:
+        from featdistill.train.checkpoint import list_checkpoints
+
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        if not resume and (list_checkpoints(run_dir) or (run_dir / "metrics.jsonl").exists()):
+            raise FileExistsError(
+                f"{run_dir} already holds a run (metrics.jsonl / checkpoints); continue it with "
+                "`featdistill train CONFIG --resume` (resume=True in Python) or choose a new run directory "
+                "(--run-dir)"
+            )
 
     num_views = None
     if cfg.teacher is not None and cfg.teacher.source == "store":
@@ -324,7 +369,8 @@ def run_experiment(
     }
 
     train_cfg = cfg.train if progress is None else cfg.train.model_copy(update={"progress": progress})
-    trainer = Trainer(distiller, train_loader, val_loader, train_cfg, run_dir, resume=resume, callbacks=callbacks)
+    hooks = [_WriteConfig(run_dir, config_text), *callbacks] if ctx.is_main else list(callbacks)
+    trainer = Trainer(distiller, train_loader, val_loader, train_cfg, run_dir, resume=resume, callbacks=hooks)
     result = trainer.fit()
 
     device = next(student.parameters()).device

@@ -6,7 +6,8 @@
   built for another teacher, dataset, augmentation or k, a corrupt shard, or an incomplete build.
 - :class:`CachedTeacher` — the store as a :class:`~featdistill.teacher.TeacherSource` for the Distiller;
   :func:`store_loader` — the loader that yields exactly the stored views.
-- :func:`store_info` / :func:`format_info` — ``featdistill cache info STORE``;
+- :func:`store_info` / :func:`format_info` — ``featdistill cache info STORE``; :func:`verify_store` —
+  ``featdistill cache verify STORE`` (every file's sha256, every problem listed);
   :func:`build_store_from_config` — ``featdistill cache CONFIG.yaml``.
 
 See ``docs/teacher-store.md``.
@@ -23,6 +24,7 @@ from featdistill.cache.format import (
     teacher_sha256,
 )
 from featdistill.cache.info import format_info, store_info
+from featdistill.cache.integrity import verify_store
 from featdistill.cache.store import TeacherStore, reconstruct_logp
 from featdistill.cache.teacher import CachedTeacher, store_loader
 
@@ -44,4 +46,5 @@ __all__ = [
     "store_info",
     "store_loader",
     "teacher_sha256",
+    "verify_store",
 ]

@@ -7,18 +7,25 @@ projection) and streams them into memory-mapped shards.  See :mod:`featdistill.c
 
 Robustness:
 
-- **Resume.** A shard counts as done when its record file exists and its arrays have the recorded sizes; a
+- **Resume.** A shard counts as done when its record file exists and its arrays have the recorded sizes
+  and sha256 (a rerun re-verifies every shard it skips, so a damaged shard is redone, never kept); a
   killed build redoes only the shard it was in.  The partial manifest written at the start pins what is
   being built: resuming with another teacher, dataset, augmentation, V, k or taps is refused.
 - **Ranks.** Shard ``i`` belongs to rank ``i % world_size``; every rank writes only its shards.  The last
   rank to finish (rank 0 after a barrier when ``torch.distributed`` is initialised) sees every shard record
   and finalises the manifest.  Shard contents do not depend on the split, so a 2-rank build is
   byte-identical to a 1-rank build.
+- **Lock.** Rank 0 of a build holds the store directory's lock (:mod:`featdistill.locks`) for the whole
+  build: a second build into the same folder waits for it (``lock_timeout``), then resumes — and finds the
+  store complete and verified — so two concurrent builds leave one store.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import logging
 import math
 import os
 import time
@@ -41,6 +48,7 @@ from featdistill.cache.format import (
     atomic_save_npy,
     atomic_write_json,
     field_path,
+    file_sha256,
     index_dtype_for,
     read_json,
     shard_record_path,
@@ -55,6 +63,8 @@ __all__ = ["build_store", "BuildResult", "finalize_store", "augmentation_identit
 FLOAT_DTYPES = ("float16", "float32")
 #: shards aim at this many bytes when ``shard_size`` is not given (fits comfortably in page cache)
 TARGET_SHARD_BYTES = 64 << 20
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -280,6 +290,27 @@ def _to_stored(pred: torch.Tensor, layout: Mapping[str, Any], size: Sequence[int
     return pred.movedim(cd, -1) if cd != pred.ndim - 1 else pred
 
 
+def _locked_build(fn: Callable[..., BuildResult]) -> Callable[..., BuildResult]:
+    """Run ``build_store`` holding its ``out_dir``'s lock (rank 0 of the build; other ranks share it)."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> BuildResult:
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        rank, _ = _resolve_rank(a["rank"], a["world_size"])
+        if rank != 0:
+            return fn(*args, **kwargs)
+        from featdistill.locks import directory_lock
+
+        with directory_lock(a["out_dir"], "teacher store build", timeout=a["lock_timeout"], on_wait=log.warning):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_locked_build
 def build_store(
     teacher: nn.Module,
     dataset: Any,
@@ -307,6 +338,7 @@ def build_store(
     on_shard: Callable[[int], None] | None = None,
     task: Any = None,
     logits_size: Sequence[int] | None = None,
+    lock_timeout: float | None = None,
 ) -> BuildResult:
     """Run the frozen ``teacher`` over ``num_views`` views of every covered sample and write a store.
 
@@ -344,6 +376,8 @@ def build_store(
             position with its remaining mass), value outputs (regression, image-to-image) in full.
         logits_size: store per-pixel logits at this ``(h, w)`` (area-resized) instead of the teacher's output
             size — the segmentation task upsamples them to the mask when it reads them.
+        lock_timeout: seconds to wait for another build holding ``out_dir``'s lock (``None``: as long as it
+            takes; 0: refuse at once with :class:`~featdistill.locks.DirectoryLockedError`).
     """
     from featdistill.tasks.classification import Classification
     from featdistill.teacher import LiveTeacher, freeze
@@ -558,7 +592,7 @@ def build_store(
             atomic_write_json(manifest_path, {**header, "complete": False, "shards": []})
     else:
         atomic_write_json(manifest_path, {**header, "complete": False, "shards": []})
-    if not (root / INDEX_FILE).exists() or not resume:
+    if not (root / INDEX_FILE).exists() or not resume or not _index_intact(root, header["covered"]["sha256"]):
         atomic_save_npy(root / INDEX_FILE, index)
     for name, m in projections.items():
         atomic_save_npy(root / f"projection.{name}.npy", m.cpu().numpy())
@@ -569,7 +603,7 @@ def build_store(
     forwards = 0
     for s in range(rank, num_shards, world_size):
         start, stop = s * shard_size, min((s + 1) * shard_size, len(index))
-        if resume and _shard_done(root, s, start, stop, header["header_sha256"]):
+        if resume and _shard_done(root, s, start, stop, header["header_sha256"], sha256=True):
             skipped.append(s)
             continue
         t0 = time.perf_counter()
@@ -648,6 +682,14 @@ def _params_numpy(augmenter: Any, sids: torch.Tensor, vids: torch.Tensor, datase
     return out
 
 
+def _index_intact(root: Path, sha: str) -> bool:
+    """Whether ``index.npy`` holds the covered ids this build records (a damaged one is rewritten on resume)."""
+    try:
+        return _hash_index(np.load(root / INDEX_FILE, allow_pickle=False)) == sha
+    except (OSError, ValueError):
+        return False
+
+
 def _header_sha(header: Mapping[str, Any]) -> str:
     """Digest of everything a shard's contents depend on; a shard record from another build never counts."""
     import hashlib
@@ -656,7 +698,9 @@ def _header_sha(header: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(header, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _shard_done(root: Path, s: int, start: int, stop: int, header_sha: str) -> bool:
+def _shard_done(root: Path, s: int, start: int, stop: int, header_sha: str, sha256: bool = False) -> bool:
+    """Whether shard ``s`` is built for this header: record present, sizes as recorded (and, with ``sha256``,
+    every file's digest as recorded — what a resumed build checks before it skips a shard)."""
     rec_path = shard_record_path(root, s)
     if not rec_path.exists():
         return False
@@ -669,6 +713,9 @@ def _shard_done(root: Path, s: int, start: int, stop: int, header_sha: str) -> b
     for meta in rec.get("files", {}).values():
         p = root / "shards" / meta["file"]
         if not p.exists() or p.stat().st_size != meta["bytes"]:
+            return False
+        if sha256 and file_sha256(p) != meta.get("sha256"):
+            log.warning("shard file %s does not match its recorded sha256; rebuilding shard %s", p, shard_stem(s))
             return False
     return True
 

@@ -1,7 +1,10 @@
 """``featdistill cache info STORE``: what a store holds, what it cost on disk, what it was built from.
 
-Reads only the manifest, the shard records and file sizes (no shard contents), so it is instant and works on
-an incomplete store (that is when you most want to know its coverage).
+Reads only the manifest, the shard records, file sizes and ``.npy`` headers (no shard contents), so it is
+instant and works on an incomplete store (that is when you most want to know its coverage).  Damage those
+checks can see (a deleted or truncated file, a broken header, an edited manifest) is reported under
+``problems`` (status DAMAGED; the CLI then exits non-zero); ``featdistill cache verify STORE`` also hashes
+every file (:mod:`featdistill.cache.integrity`).
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ def store_info(path: str | Path) -> dict[str, Any]:
     ``dataset`` (name, fingerprint, samples), ``augmentation`` (config, hash, seed), ``num_views``,
     ``logits`` (mode, k, classes), ``taps`` (shapes, projection), ``fields`` (dtype, shape, bytes per entry),
     ``bytes_per_view`` (payload), ``disk_bytes`` (everything in the directory), ``disk_bytes_per_view``,
-    ``coverage`` (shards, samples and views built vs planned), ``build_seconds``.
+    ``coverage`` (shards, samples and views built vs planned), ``build_seconds``, ``problems`` (damage found
+    by the cheap checks: missing/truncated files, bad headers, an edited manifest; empty when sound).
     """
     from featdistill.cache.builder import _shard_done
     from featdistill.cache.format import shard_record_path
+    from featdistill.cache.integrity import file_problems, index_problems, manifest_problems
 
     root = Path(path)
     mpath = root / MANIFEST
@@ -49,13 +54,17 @@ def store_info(path: str | Path) -> dict[str, Any]:
     if m.get("complete"):
         rows_done = sum(int(r["rows"]) for r in m["shards"])
         shards_done = len(m["shards"])
+        records = {int(r["index"]): r for r in m["shards"]}
     else:
         rows_done = shards_done = 0
+        records = {}
         for s in range(int(m["num_shards"])):
             start, stop = s * size, min((s + 1) * size, covered)
             if _shard_done(root, s, start, stop, m["header_sha256"]):
                 shards_done += 1
-                rows_done += int(read_json(shard_record_path(root, s))["rows"])
+                records[s] = read_json(shard_record_path(root, s))
+                rows_done += int(records[s]["rows"])
+    problems = manifest_problems(m) + index_problems(root, m) + file_problems(root, m, records, sha256=False)[0]
     per_field = bytes_per_entry(m["fields"])
     disk = _disk_bytes(root)
     views_done = rows_done * int(m["num_views"])
@@ -99,6 +108,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
             "dataset_fraction": rows_done / int(m["dataset"]["num_samples"]) if m["dataset"]["num_samples"] else 0.0,
         },
         "build_seconds": m.get("build_seconds"),
+        "problems": problems,
     }
 
 
@@ -127,6 +137,8 @@ def format_info(info: dict[str, Any]) -> str:
         "none": "none",
     }[lg["mode"]]
     status = "complete" if info["complete"] else "INCOMPLETE"
+    if info.get("problems"):
+        status = f"DAMAGED ({len(info['problems'])} problem(s) below; `featdistill cache verify` hashes every file)"
     lines = [
         f"teacher store   {info['path']}",
         f"status          {status} (format v{info['format_version']})",
@@ -157,4 +169,5 @@ def format_info(info: dict[str, Any]) -> str:
     ]
     if info.get("build_seconds") is not None:
         lines.append(f"build time      {info['build_seconds']:.1f} s (sum over shards)")
+    lines += [f"DAMAGE          {p}" for p in info.get("problems", [])[:20]]
     return "\n".join(lines)

@@ -5,8 +5,12 @@ Opening a store checks, in this order, and refuses with the reason (never serves
 1. it is a featdistill teacher store of a format version this code reads;
 2. it was built for the teacher / dataset / augmentation / seed / k / taps the caller expects (``expect=``);
 3. it is complete (unless ``allow_incomplete=True``, which serves the shards that exist);
-4. every shard file exists with its recorded size and ``.npy`` header (``verify="size"``, the default and
-   cheap), or also its recorded sha256 (``verify="sha256"``, or later :meth:`TeacherStore.verify`).
+4. the manifest still matches its own header digest (an edited teacher sha, fingerprint, V, k … is refused);
+5. every shard file exists with its recorded size and ``.npy`` header (``verify="size"``, the default and
+   cheap), or also its recorded sha256 (``verify="sha256"``, or later :meth:`TeacherStore.verify`);
+6. unless ``verify="none"``, each shard file's sha256 is checked against its record the first time a lookup
+   touches it, before it is mapped (once per file: the per-batch gather is unchanged), so a same-size byte flip
+   or two swapped shards are refused before any of their values is served (:mod:`featdistill.cache.integrity`).
 
 Arrays are opened with ``np.load(mmap_mode="r")``: nothing is read until a lookup touches it, and a lookup
 of one view (:meth:`TeacherStore.get`) returns views into the mapped files.
@@ -117,6 +121,8 @@ class TeacherStore:
         self.records = records
         self.index = index
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
+        self._hash_on_use = True  # sha256 of a shard file before its first use (open(verify="none") turns it off)
+        self._verified: set[Path] = set()
         self.shard_size = int(manifest["shard_size"])
         self.num_views = int(manifest["num_views"])
         self.fields: dict[str, dict[str, Any]] = manifest["fields"]
@@ -173,6 +179,11 @@ class TeacherStore:
                 f"{root}: store format version {manifest.get('format_version')} but this featdistill reads "
                 f"version {FORMAT_VERSION}; rebuild the store with this version"
             )
+        from featdistill.cache.integrity import manifest_problems
+
+        edited = manifest_problems(manifest)
+        if edited:
+            raise StoreCorruptError(f"teacher store {root}: {edited[0]}")
         if expect:
             check_expectations(manifest, expect, root)
         records = _collect_records(root, manifest, allow_incomplete)
@@ -185,7 +196,15 @@ class TeacherStore:
                 f"{index_path}: holds {index.shape} ids but the manifest covers "
                 f"{manifest['covered']['num_samples']} samples"
             )
+        from featdistill.cache.builder import _hash_index
+
+        if verify != "none" and _hash_index(index) != manifest["covered"].get("sha256"):
+            raise StoreCorruptError(
+                f"{index_path} does not match the manifest's sha256 of the covered sample ids (edited or corrupt): "
+                "positions would map to the wrong samples; rebuild the store"
+            )
         store = cls(root, manifest, records, np.asarray(index))
+        store._hash_on_use = verify == "size"
         if verify != "none":
             store._check_files(sha256=verify == "sha256")
         return store
@@ -212,19 +231,23 @@ class TeacherStore:
                         "to redo it"
                     )
                 if sha256:
-                    digest = file_sha256(p)
-                    if digest != meta["sha256"]:
-                        raise StoreCorruptError(
-                            f"shard file {p} is corrupt: sha256 {_describe(digest)} ≠ recorded "
-                            f"{_describe(meta['sha256'])}; delete {shard_record_path(self.root, s).name} and "
-                            "rerun the build to redo it"
-                        )
+                    self._check_sha(s, p, meta)
                 shape, dtype = _npy_header(p)  # header only: mapping waits for the first lookup
                 want = (rec["rows"], self.num_views, *self.fields[field]["shape"])
                 if shape != want or dtype != np.dtype(self.fields[field]["dtype"]):
                     raise StoreCorruptError(
                         f"shard file {p}: array {dtype}{shape}, manifest says {self.fields[field]['dtype']}{want}"
                     )
+
+    def _check_sha(self, s: int, p: Path, meta: Mapping[str, Any]) -> None:
+        digest = file_sha256(p)
+        if digest != meta["sha256"]:
+            raise StoreCorruptError(
+                f"shard file {p} is corrupt: sha256 {_describe(digest)} ≠ recorded "
+                f"{_describe(meta['sha256'])}; rerun the build (`featdistill cache CONFIG.yaml`: it re-verifies "
+                f"and redoes shard {shard_stem(s)}) or delete {shard_record_path(self.root, s).name} first"
+            )
+        self._verified.add(p)
 
     def verify(self) -> None:
         """Recompute the sha256 of every shard file (reads everything once); raise naming a corrupt file."""
@@ -233,7 +256,10 @@ class TeacherStore:
     def _open_array(self, s: int, field: str, path: Path | None = None) -> np.ndarray:
         arrays = self._arrays.setdefault(s, {})
         if field not in arrays:
-            p = path or self.root / SHARD_DIR / self.records[s]["files"][field]["file"]
+            meta = self.records[s]["files"][field]
+            p = path or self.root / SHARD_DIR / meta["file"]
+            if self._hash_on_use and p not in self._verified:  # once per file, before it is first served
+                self._check_sha(s, p, meta)
             try:
                 arrays[field] = np.load(p, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as err:

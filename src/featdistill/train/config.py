@@ -53,12 +53,15 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     epochs: int = Field(10, ge=1, description="number of passes over the training loader")
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "dot"] = "sgd"
     lr: float = Field(0.05, gt=0, description="peak learning rate (reached after warm-up)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by AdamW)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (ignored by SGD)")
     weight_decay: float = Field(5e-4, ge=0)
     nesterov: bool = False
+    dot_delta: float = Field(
+        0.075, ge=0, lt=1, description="optimizer=dot: task momentum − delta, distillation momentum + delta"
+    )
     schedule: Literal["step", "cosine", "constant"] = "cosine"
     milestones: list[float] = Field(
         default_factory=list, description="epochs at which the step schedule multiplies the lr by gamma"
@@ -125,6 +128,14 @@ class TrainConfig(BaseModel):
             raise ValueError("schedule='step' needs milestones (epochs), e.g. milestones: [150, 180, 210]")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov=true needs optimizer='sgd' and momentum > 0")
+        if self.optimizer == "dot":
+            if not (0 <= self.momentum - self.dot_delta and self.momentum + self.dot_delta < 1):
+                raise ValueError(
+                    f"optimizer='dot' needs 0 <= momentum ± dot_delta < 1, got momentum={self.momentum} and "
+                    f"dot_delta={self.dot_delta}; mdistiller uses momentum 0.9, dot_delta 0.075"
+                )
+            if self.grad_clip is not None:
+                raise ValueError("optimizer='dot' does not clip gradients (two backward passes); unset grad_clip")
         if self.schedule == "cosine" and self.min_lr > self.lr:
             raise ValueError(f"min_lr={self.min_lr} is above lr={self.lr}")
         return self

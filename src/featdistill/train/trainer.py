@@ -156,6 +156,12 @@ def build_optimizer(
             weight_decay=config.weight_decay,
             nesterov=config.nesterov,
         )
+    if config.optimizer == "dot":  # separate task / distillation momenta (featdistill.train.dot)
+        from featdistill.train.dot import DOT
+
+        return DOT.from_delta(
+            params, lr=config.lr, momentum=config.momentum, delta=config.dot_delta, weight_decay=config.weight_decay
+        )
     return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
 
 
@@ -714,12 +720,19 @@ class Trainer:
                 raise ValueError(f"loss terms changed between steps: {names} then {list(losses)}")
             terms = torch.stack([losses[k].detach().float().reshape(()) for k in names])
             total = sum(losses[k].float() for k in names)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             lr = last_lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
+            if cfg.optimizer == "dot":  # two backward passes: distillation terms, then the task term
+                from featdistill.train.dot import dot_step
+
+                if ctx.world_size > 1:
+                    raise ValueError("train.optimizer = 'dot' runs in one process only (two backward passes per step)")
+                dot_step(optimizer, losses, getattr(self.distiller, "task_term", "ce"))  # type: ignore[arg-type]
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
             scheduler.step()
             self.global_step += 1
             step_vals = torch.cat([total.detach().reshape(1), terms]).double()
