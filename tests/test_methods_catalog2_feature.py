@@ -261,3 +261,67 @@ def test_ofd_shufflev2_preact_is_cat_of_input_half_and_bn3():
     pre = m._student_preact(f, 2)
     blk = s.layer3[-1]
     assert torch.equal(blk.shuffle(torch.relu(pre)), f["out"])
+
+
+# -- ReviewKD ----------------------------------------------------------------------------------------------------
+def test_hcl_loss_by_hand():
+    from featdistill.losses.feature_regression import hcl_loss
+
+    s = torch.tensor([1.0, 2.0, 3.0, 6.0], dtype=D64).view(1, 1, 2, 2)
+    t = torch.zeros(1, 1, 2, 2, dtype=D64)
+    full = (1 + 4 + 9 + 36) / 4
+    pooled = 3.0**2  # mean 3 vs 0 at 1×1; the 4×4 and 2×2 levels are skipped for a 2×2 map
+    big_s = torch.arange(64, dtype=D64).view(1, 1, 8, 8) / 10
+    big_t = torch.zeros(1, 1, 8, 8, dtype=D64)
+    lv = [big_s.pow(2).mean().item()]
+    for l in (4, 2, 1):
+        lv.append(torch.nn.functional.adaptive_avg_pool2d(big_s, l).pow(2).mean().item())
+    want_big = (lv[0] + lv[1] / 2 + lv[2] / 4 + lv[3] / 8) / (1 + 1 / 2 + 1 / 4 + 1 / 8)
+    got = hcl_loss([s, big_s], [t, big_t])
+    assert got.dtype == D64
+    assert got.item() == pytest.approx((full + 0.5 * pooled) / 1.5 + want_big, rel=1e-13)
+
+
+def test_hcl_loss_zero_at_identity_equals_mse_for_constant_maps_and_gradient():
+    from featdistill.losses.feature_regression import hcl_loss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=g, dtype=D64)
+    assert hcl_loss([x], [x]).item() == 0.0
+    a, b = torch.full((2, 3, 8, 8), 1.5, dtype=D64), torch.full((2, 3, 8, 8), -0.5, dtype=D64)
+    assert hcl_loss([a], [b]).item() == pytest.approx(4.0, rel=1e-14)  # every level sees the same error
+    s = torch.randn(1, 2, 4, 4, generator=g, dtype=D64, requires_grad=True)
+    t = torch.randn(1, 2, 4, 4, generator=g, dtype=D64)
+    hcl_loss([s], [t]).backward()
+    with torch.no_grad():
+        step = hcl_loss([s - 1e-3 * s.grad], [t])
+    assert step.item() < hcl_loss([s.detach()], [t]).item()
+
+
+@pytest.mark.parametrize("teacher,student", [("resnet14", "resnet8"), ("resnet14", "shufflev2"), ("vgg13", "vgg8")])
+def test_reviewkd_recipe_shapes_warmup_and_step(teacher, student):
+    t, s = _pair(teacher, student)
+    m = build_method("reviewkd")
+    d = Distiller(s, m, t)
+    batch = _batch(size=32)
+    d.prepare(batch)
+    n = len(m.student_paths)
+    assert len(m.adapters) == n and m.adapters[f"abf{n - 1}"].att_conv is None
+    assert all(m.adapters[f"abf{i}"].att_conv is not None for i in range(n - 1))
+    with torch.no_grad():
+        t_feats = d.teacher(batch)
+    c_t = [t_feats[f"rv{i}"].shape[1] for i in range(n)]
+    assert [m.adapters[f"abf{i}"].conv2[0].out_channels for i in range(n)] == c_t
+    assert m.out_shapes[-1] == 1 and m.shapes[-1] == 1
+    _, l0 = d(batch, epoch=0.0)
+    _, l10 = d(batch, epoch=10.0)
+    assert l0["reviewkd"].item() == 0.0 and l10["reviewkd"].item() > 0  # 5·min(1, epoch/20)
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.01)
+    _, losses = d(batch, epoch=25.0)
+    opt.zero_grad()
+    sum(losses.values()).backward()
+    assert _adapter_grads(m)
+    m.double()
+    feats_s = {k: v.double() for k, v in d._student_taps(batch["input"])[1].items()}
+    feats_t = {k: v.double() for k, v in t_feats.items()}
+    assert m(feats_s, feats_t, batch, 1.0)["reviewkd"].dtype == D64

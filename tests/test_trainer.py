@@ -397,7 +397,7 @@ def test_config_error_names_key_and_value() -> None:
         TrainConfig.from_dict({"lr": -0.5, "optimizer": "adam"})
     msg = str(e.value)
     assert "train.lr = -0.5" in msg and "greater than 0" in msg
-    assert "train.optimizer = 'adam'" in msg and "'sgd' or 'adamw'" in msg
+    assert "train.optimizer = 'adam'" in msg and "'sgd', 'adamw' or 'dot'" in msg
 
     with pytest.raises(TrainConfigError, match=r"train.warmup_epoch = 2: unknown key; did you mean warmup_epochs"):
         TrainConfig.from_dict({"warmup_epoch": 2})
