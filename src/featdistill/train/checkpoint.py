@@ -16,6 +16,15 @@ contains:
                         ones, and exact resume must hold for them too.
 ``config``              the :class:`TrainConfig` as JSON-able data (resume refuses a changed trajectory)
 ``history``/``best``    the per-epoch records so a resumed ``fit()`` returns the whole run
+``sha256``              :func:`content_sha256` of everything above (names, dtypes, shapes and raw bytes of every
+                        tensor, every number and string), checked on load: a flipped bit in a weight, a moment
+                        or an RNG state is refused instead of resumed.  Files that cannot be unpickled at all
+                        (truncated, zero-length) fail in ``torch.load`` first.  Checkpoints written before the
+                        checksum existed load with a warning.
+
+Resume (:func:`latest_checkpoint`) takes the newest checkpoint that loads and matches its checksum: a damaged
+newest one is skipped with a warning naming it and the one used; when none is intact, resume is refused
+naming each file and its reason.
 
 Why atomic (temp file in the same directory, ``fsync``, ``os.replace``): a run killed while writing must
 leave either the previous checkpoint or the new one, never a half-written file that resume picks up.
@@ -23,7 +32,9 @@ leave either the previous checkpoint or the new one, never a half-written file t
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -49,6 +60,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "checkpoint_path",
+    "content_sha256",
+    "checkpoint_problem",
     "list_checkpoints",
     "latest_checkpoint",
     "prune_checkpoints",
@@ -59,6 +72,7 @@ CHECKPOINT_FORMAT = "featdistill.train.checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^epoch_(\d+)\.pt$")
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -144,9 +158,39 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def content_sha256(obj: Any) -> str:
+    """sha256 of a checkpoint's content (its ``"sha256"`` entry excluded): the structure, every dict key,
+    every number and string, and each tensor's dtype, shape and raw bytes.  Independent of the file's zip
+    layout and of the device tensors were loaded onto."""
+    h = hashlib.sha256()
+
+    def walk(v: Any) -> None:
+        if torch.is_tensor(v):
+            t = v.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T|{t.dtype}|{tuple(v.shape)}|".encode())
+            if t.numel():
+                h.update(memoryview(t.view(torch.uint8).numpy()))
+        elif isinstance(v, Mapping):
+            keys = sorted(v, key=lambda k: (type(k).__name__, str(k)))
+            h.update(f"D{len(keys)}|".encode())
+            for k in keys:
+                h.update(f"{type(k).__name__}:{k!r}=".encode())
+                walk(v[k])
+        elif isinstance(v, (list, tuple)):
+            h.update(f"L{len(v)}|".encode())
+            for x in v:
+                walk(x)
+        else:
+            h.update(f"{type(v).__name__}:{v!r};".encode())
+
+    walk({k: v for k, v in obj.items() if k != "sha256"} if isinstance(obj, Mapping) else obj)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path | str, payload: Mapping[str, Any]) -> Path:
-    """Atomically ``torch.save`` ``payload`` (tagged with format and version) to ``path``."""
+    """Atomically ``torch.save`` ``payload`` (tagged with format, version and its :func:`content_sha256`)."""
     obj = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    obj["sha256"] = content_sha256(obj)
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -175,7 +219,27 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     missing = [k for k in ("model", "optimizer", "scheduler", "epoch", "global_step", "rng", "config") if k not in obj]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the entries {missing}; it is incomplete")
+    recorded = obj.get("sha256")
+    if recorded is None:
+        log.warning("checkpoint %s has no checksum (written by an older featdistill); loading it unverified", path)
+    else:
+        digest = content_sha256(obj)
+        if digest != recorded:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: its content sha256 {digest[:16]}… differs from the recorded "
+                f"{str(recorded)[:16]}… (a damaged byte in a weight or state). Delete it to resume from the previous "
+                "checkpoint, or start a new run."
+            )
     return obj
+
+
+def checkpoint_problem(path: Path | str) -> str | None:
+    """Why the checkpoint at ``path`` cannot be resumed from (``None`` when it loads and matches its checksum)."""
+    try:
+        load_checkpoint(path)
+    except CheckpointError as err:
+        return str(err).split(". Delete it", 1)[0]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,10 +265,36 @@ def list_checkpoints(run_dir: Path | str) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(run_dir: Path | str) -> Path | None:
-    """The checkpoint of the last completed epoch in ``run_dir``, or ``None``."""
+def latest_checkpoint(run_dir: Path | str, verify: bool = True) -> Path | None:
+    """The newest intact checkpoint in ``run_dir`` (``None`` when there is none at all).
+
+    With ``verify`` (the default; what resume uses) each candidate, newest first, is loaded and checked against
+    its checksum (:func:`checkpoint_problem`): damaged newer ones are skipped with a warning naming them and the
+    checkpoint used; when every checkpoint is damaged, :class:`CheckpointError` names each one and its reason.
+    ``verify=False`` returns the newest file without reading it."""
     found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
+    if not found:
+        return None
+    if not verify:
+        return found[-1][1]
+    bad: list[tuple[Path, str]] = []
+    for _, path in reversed(found):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if bad:
+                log.warning(
+                    "checkpoint %s is damaged (%s); resuming from the previous good checkpoint %s instead",
+                    ", ".join(str(p) for p, _ in bad),
+                    "; ".join(r for _, r in bad),
+                    path,
+                )
+            return path
+        bad.append((path, problem))
+    raise CheckpointError(
+        f"cannot resume {run_dir}: no intact checkpoint — "
+        + "; ".join(f"{p.name}: {r}" for p, r in bad)
+        + ". Start a new run (without --resume, in another --run-dir) or restore the checkpoint file"
+    )
 
 
 def prune_checkpoints(run_dir: Path | str, keep: int) -> None:
