@@ -325,3 +325,55 @@ def test_reviewkd_recipe_shapes_warmup_and_step(teacher, student):
     feats_s = {k: v.double() for k, v in d._student_taps(batch["input"])[1].items()}
     feats_t = {k: v.double() for k, v in t_feats.items()}
     assert m(feats_s, feats_t, batch, 1.0)["reviewkd"].dtype == D64
+
+
+# -- SRD ---------------------------------------------------------------------------------------------------------
+def test_srd_feature_loss_by_hand_identity_and_gradient():
+    from featdistill.losses.feature_regression import srd_feature_loss
+
+    s = torch.tensor([[1.0, -2.0], [0.5, 0.0]], dtype=D64)
+    t = torch.zeros(2, 2, dtype=D64)
+    got = srd_feature_loss(s, t)
+    assert got.dtype == D64 and got.item() == pytest.approx(math.log(1 + 16 + 0.0625), rel=1e-14)
+    assert srd_feature_loss(s, t, exponent=1.0).item() == pytest.approx(math.log(3.5), rel=1e-14)
+    assert srd_feature_loss(t, t).item() == -math.inf  # its infimum, at identity
+    x = s.clone().requires_grad_(True)
+    srd_feature_loss(x, t).backward()
+    assert torch.equal(torch.sign(x.grad), torch.sign(s - t))  # towards the teacher (0 where already equal)
+
+
+def test_srd_kl_by_hand_no_t_squared():
+    from featdistill.losses.feature_regression import srd_kl
+
+    zs = torch.tensor([[0.0, 1.0]], dtype=D64)
+    zt = torch.tensor([[1.0, 0.0]], dtype=D64)
+    for temp in (1.0, 2.0):
+        ps = [math.exp(v / temp) for v in (0.0, 1.0)]
+        pt = [math.exp(v / temp) for v in (1.0, 0.0)]
+        ps = [v / sum(ps) for v in ps]
+        pt = [v / sum(pt) for v in pt]
+        want = sum(b * math.log(b / a) for a, b in zip(ps, pt))
+        assert srd_kl(zs, zt, temp).item() == pytest.approx(want, rel=1e-13)
+    assert srd_kl(zs, zs).item() == pytest.approx(0.0, abs=1e-15)
+
+
+def test_srd_recipe_teacher_norm_and_step():
+    t, s = _pair()
+    m = build_method("srd")
+    d = Distiller(s, m, t)
+    losses = _train_step(d, _batch(8))
+    assert set(losses) == {"ce", "feat", "kl"} and _adapter_grads(m)
+    lin, bn = m.adapters["proj"]
+    assert (lin.in_features, lin.out_features) == (64, 64) and not bn.affine and bn.eps == 1e-4
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(16, 5, generator=g, dtype=D64) * 3 + 2
+    z = m.teacher_norm(f)
+    assert z.dtype == D64 and z.mean(0).abs().max() < 1e-12
+    want = (f - f.mean(0)) / torch.sqrt(f.var(0, unbiased=False) + 1e-4)
+    assert torch.allclose(z, want, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the logged term is 2·log Σ|p(f_s) − bn(f_t)|⁴
+        feats = d._student_taps(_batch(8)["input"])[1]
+        z_s = m.adapters["proj"](feats["emb"])
+        z_t = m.teacher_norm(d.teacher(_batch(8))["emb"])
+        _, now = d(_batch(8))
+    assert now["feat"].item() == pytest.approx(2 * torch.log((z_s - z_t).abs().pow(4).sum()).item(), rel=1e-5)

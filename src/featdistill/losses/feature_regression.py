@@ -4,7 +4,8 @@
 * FT — :func:`ft_factor`, :func:`ft_loss` (Kim et al., NeurIPS 2018; RepDistiller ``distiller_zoo/FT.py``);
 * OFD — :func:`ofd_margin`, :func:`ofd_partial_l2` (Heo et al., ICCV 2019; mdistiller ``distillers/OFD.py``);
 * ReviewKD — :func:`hcl_loss` (Chen et al., CVPR 2021; mdistiller ``distillers/ReviewKD.py``);
-* SRD — :func:`srd_loss` (torchdistill ``losses/mid_level.py`` ``SRDLoss``).
+* SRD — :func:`srd_feature_loss`, :func:`srd_kl` (Miles & Mikolajczyk, AAAI 2024; torchdistill
+  ``losses/mid_level.py`` ``SRDLoss``).
 
 Pure functions over plain tensors; regressors, connectors and fusion modules live in the recipes.  Every function
 computes in its inputs' dtype (float64 in → float64 out; half precision in float32) and accepts teacher tensors
@@ -31,7 +32,8 @@ __all__ = [
     "ofd_margin",
     "ofd_partial_l2",
     "hcl_loss",
-    "srd_loss",
+    "srd_feature_loss",
+    "srd_kl",
 ]
 
 
@@ -160,12 +162,19 @@ def hcl_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], levels: Seque
 
 
 # -- SRD --------------------------------------------------------------------------------------------------------
-def srd_loss(student_logits_via_teacher: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """SRD's logit term: ``T²·KL(softmax(z_t/T) ‖ softmax(z_{s→t}/T))`` with batchmean reduction, where
-    ``z_{s→t}`` are the teacher classifier's logits on the projected student embedding (torchdistill ``SRDLoss``
-    ``kl_div`` term)."""
-    s = upcast(student_logits_via_teacher)
+def srd_feature_loss(student: Tensor, teacher: Tensor, exponent: float = 4.0) -> Tensor:
+    """SRD's feature term ``log Σ_{b,d} |f_s − f_t|^p`` (torchdistill ``SRDLoss``: a log of the **sum** over batch
+    and dims, exponent 4 in the official config); the recipe weights it 2 as ``SRDLoss`` does."""
+    s = upcast(student)
+    t = as_target(teacher).to(s.dtype)
+    if s.shape != t.shape:
+        raise ValueError(f"srd_feature_loss: student {tuple(s.shape)} and teacher {tuple(t.shape)} differ in shape")
+    return torch.log((s - t).abs().pow(exponent).sum())
+
+
+def srd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """SRD's logit term ``KL(softmax(z_t/T) ‖ softmax(z_s/T))``, batchmean, **without** the T² factor (torchdistill
+    ``SRDLoss``: ``nn.KLDivLoss(reduction="batchmean")``; T = 1 in the official config)."""
+    s = upcast(student_logits)
     t = as_target(teacher_logits).to(s.dtype)
-    return F.kl_div(F.log_softmax(s / temperature, dim=1), F.softmax(t / temperature, dim=1), reduction="batchmean") * (
-        temperature**2
-    )
+    return F.kl_div(F.log_softmax(s / temperature, dim=1), F.softmax(t / temperature, dim=1), reduction="batchmean")
