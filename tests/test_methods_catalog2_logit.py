@@ -336,3 +336,82 @@ def test_tfkd_and_lsr_recipes_train_without_a_teacher():
         assert term in losses and d.ce_weight == ce and ("ce" in losses) == (ce > 0)
         sum(losses.values()).backward()
         assert student.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DIST+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _pearson(a, b, eps=0.0):
+    """Pearson correlation written out; ``eps`` added to the norm product as the DIST / DIST+ codes do."""
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    num = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    return num / (math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b)) + eps)
+
+
+def test_dist_plus_relations_match_hand_computation():
+    from featdistill.losses.logit_variants import channel_relation_loss, spatial_relation_loss
+
+    # (B=2, C=3, H=1, W=2): channel relation per (b, w) across channels
+    s = torch.tensor([[[[1.0, 0.0]], [[2.0, 1.0]], [[3.0, 5.0]]], [[[0.5, 2.0]], [[0.0, 1.0]], [[-1.0, 0.0]]]])
+    t = torch.tensor([[[[2.0, 1.0]], [[4.0, 0.0]], [[7.0, 3.0]]], [[[1.0, 0.0]], [[1.5, 2.0]], [[-2.0, 1.0]]]])
+    s, t = s.double(), t.double()
+    rhos = [_pearson(s[b, :, 0, w].tolist(), t[b, :, 0, w].tolist(), 1e-8) for b in range(2) for w in range(2)]
+    got = channel_relation_loss(s, t)
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(1 - sum(rhos) / 4, rel=1e-12)
+    # spatial: channel sums (B, H·W), then per position the correlation across the batch (needs B >= 2)
+    s3 = torch.cat([s, 2 * s[:1] - 1], 0)
+    t3 = torch.cat([t, t[1:] + 0.5], 0)
+    a_s, a_t = s3.sum(1).flatten(1), t3.sum(1).flatten(1)
+    want = 1 - sum(_pearson(a_s[:, j].tolist(), a_t[:, j].tolist(), 1e-8) for j in range(2)) / 2
+    assert spatial_relation_loss(s3, t3).item() == pytest.approx(want, rel=1e-12)
+
+
+def test_dist_plus_relations_zero_at_identity_and_invariant_to_positive_affine_maps():
+    from featdistill.losses.logit_variants import channel_relation_loss, spatial_relation_loss
+
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64)
+    assert channel_relation_loss(f, f).abs().item() < 1e-7  # 0 up to the eps in the denominator
+    assert spatial_relation_loss(f, f).abs().item() < 1e-7
+    t = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64)
+    assert channel_relation_loss(3 * f + 2, t).item() == pytest.approx(channel_relation_loss(f, t).item(), rel=1e-7)
+    assert spatial_relation_loss(3 * f + 2, t).item() == pytest.approx(spatial_relation_loss(f, t).item(), rel=1e-7)
+    # anti-correlated maps give the maximum 2 (torchdistill's channel term would reward them: it adds ρ)
+    assert channel_relation_loss(-f, f).item() == pytest.approx(2.0, rel=1e-7)
+    with pytest.raises(ValueError, match="adapter"):
+        channel_relation_loss(f, t[:, :3])
+
+
+def test_dist_plus_recipe_terms_adapter_and_a_step():
+    class Net(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.stage = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 5))
+            self.stage_paths = ["stage"]
+
+        def forward(self, x):
+            return self.head(self.stage(x))
+
+    torch.manual_seed(0)
+    student, teacher = Net(4), Net(6)
+    m = build_method("dist+")
+    d = Distiller(student, m, teacher)
+    batch = {"input": torch.randn(6, 3, 5, 5), "target": torch.arange(6) % 5}
+    _, losses = d(batch)
+    assert set(losses) == {"ce", "dist", "channel", "spatial"} and "feat" in m.adapters
+    assert {k: m.weight(k, 0) for k in ("dist", "channel", "spatial")} == {"dist": 2.0, "channel": 2.0, "spatial": 2.0}
+    with torch.no_grad():
+        z_s, z_t = student(batch["input"]), teacher(batch["input"])
+    p_s, p_t = torch.softmax(z_s.double(), 1), torch.softmax(z_t.double(), 1)  # τ = 1
+    want = 2.0 * (2.0 * (1 - _mean_pearson(p_s, p_t)) + 2.0 * (1 - _mean_pearson(p_s.T, p_t.T)))
+    assert losses["dist"].item() == pytest.approx(want, rel=1e-5)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in m.adapters["feat"].parameters())
+
+
+def _mean_pearson(a, b):
+    """Mean row-wise Pearson correlation (DIST's inter relation of rows; of columns when transposed)."""
+    return sum(_pearson(x.tolist(), y.tolist(), 1e-8) for x, y in zip(a, b)) / a.shape[0]

@@ -2,7 +2,7 @@
 
 * :mod:`~featdistill.losses.logits` — CE, Hinton KD, DKD, DIST, focal loss, soft-target CE;
 * :mod:`~featdistill.losses.features` — FitNets, attention transfer, ND (KD++) and class means;
-* :mod:`~featdistill.losses.logit_variants` — logit standardisation, NKD, Tf-KD / LSR;
+* :mod:`~featdistill.losses.logit_variants` — logit standardisation, NKD, Tf-KD / LSR, DIST+ relations;
 * :mod:`~featdistill.losses.relations` — linear CKA;
 * :mod:`~featdistill.losses.schedule` — loss-weight schedules (constant, linear warm-up).
 
@@ -18,7 +18,15 @@ from featdistill.losses.contrastive import (
     sample_contrast_indices,
 )
 from featdistill.losses.features import at_loss, attention_map, class_means, fitnet_loss, nd_loss
-from featdistill.losses.logit_variants import lsr_loss, nkd_loss, standardize_logits, tfkd_loss, tfkd_teacher
+from featdistill.losses.logit_variants import (
+    channel_relation_loss,
+    lsr_loss,
+    nkd_loss,
+    spatial_relation_loss,
+    standardize_logits,
+    tfkd_loss,
+    tfkd_teacher,
+)
 from featdistill.losses.logits import (
     cross_entropy,
     dist_loss,
@@ -68,5 +76,7 @@ __all__ = [
     "standardize_logits",
     "tfkd_loss",
     "tfkd_teacher",
+    "channel_relation_loss",
+    "spatial_relation_loss",
     "topk_to_probs",
 ]

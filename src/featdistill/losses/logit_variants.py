@@ -1,7 +1,8 @@
-"""Logit-side variants of KD (method catalog II): logit standardisation, NKD, Tf-KD / LSR.
+"""Logit-side variants of KD (method catalog II): logit standardisation, NKD, Tf-KD / LSR, and the two feature
+relations DIST+ adds to DIST.
 
-Every function takes ``(N, C)`` logits (one row per valid position: per image, per pixel, per token) and
-computes in its inputs' dtype — float64 in, float64 out; half precision is upcast to float32 as in
+The logit functions take ``(N, C)`` logits (one row per valid position: per image, per pixel, per token); every
+function computes in its inputs' dtype — float64 in, float64 out; half precision is upcast to float32 as in
 :mod:`featdistill.losses.logits`. Teacher tensors made under ``torch.inference_mode`` are accepted.
 """
 
@@ -20,7 +21,16 @@ from featdistill.losses._util import (
     upcast,
 )
 
-__all__ = ["standardize_logits", "LOGIT_STANDARDIZATION_EPS", "nkd_loss", "tfkd_teacher", "tfkd_loss", "lsr_loss"]
+__all__ = [
+    "standardize_logits",
+    "LOGIT_STANDARDIZATION_EPS",
+    "nkd_loss",
+    "tfkd_teacher",
+    "tfkd_loss",
+    "lsr_loss",
+    "channel_relation_loss",
+    "spatial_relation_loss",
+]
 
 #: the epsilon of the reference ``normalize`` (added to the standard deviation, not under the root)
 LOGIT_STANDARDIZATION_EPS = 1e-7
@@ -186,3 +196,48 @@ def lsr_loss(student_logits: Tensor, target: Tensor, smoothing: float = 0.1) -> 
     n, c = z.shape
     q = torch.full_like(z, smoothing / (c - 1)).scatter(1, target.long()[:, None], 1.0 - smoothing)
     return -(q * F.log_softmax(z, dim=1)).sum() / n
+
+
+# ----------------------------------------------------------------------------------------------------
+# DIST+ feature relations (Huang et al., TPAMI 2025; torchdistill DISTPlusLoss)
+# ----------------------------------------------------------------------------------------------------
+
+
+def channel_relation_loss(student_feat: Tensor, teacher_feat: Tensor, eps: float = 1e-8) -> Tensor:
+    """DIST+'s channel relation ``1 − mean_{b,h,w} ρ_c(f_s[b,:,h,w], f_t[b,:,h,w])``: at every position, the Pearson
+    correlation across channels (centred over the channel dim, ``num / (sqrt(Σ a²·Σ b²) + eps)``).
+
+    torchdistill ``DISTPlusLoss.channel_relation`` returns the mean correlation ``ρ`` itself and adds it to the
+    loss, which *rewards* anti-correlation — unlike every other DIST relation (``1 − ρ``) and the loss's purpose;
+    we take ``1 − ρ`` (the two differ by the constant 1 and the sign). Inputs ``(B, C, H, W)`` or ``(B, C)``,
+    equal shapes (bridge widths with an adapter first).
+    """
+    if student_feat.shape != teacher_feat.shape or student_feat.ndim < 2:
+        raise ValueError(
+            f"channel_relation_loss: expected equal (B, C, ...) shapes, got {tuple(student_feat.shape)} and "
+            f"{tuple(teacher_feat.shape)}; add an adapter to bridge them"
+        )
+    s, t = upcast(student_feat), as_target(teacher_feat)
+    s = s - s.mean(dim=1, keepdim=True)
+    t = t - t.mean(dim=1, keepdim=True)
+    rho = (s * t).sum(dim=1) / (torch.sqrt((s * s).sum(dim=1) * (t * t).sum(dim=1)) + eps)
+    return 1.0 - rho.mean()
+
+
+def spatial_relation_loss(student_feat: Tensor, teacher_feat: Tensor, eps: float = 1e-8) -> Tensor:
+    """DIST+'s spatial relation: sum the maps over channels to ``(B, H·W)``, then at every position the Pearson
+    correlation **across the batch** — ``1 − mean_j ρ_b(A_s[:, j], A_t[:, j])`` (torchdistill
+    ``spatial_relation`` = DIST's inter-class relation of the transposed maps; its cosine floors the norm product at
+    eps, here eps is added as in :func:`featdistill.losses.logits.pearson_correlation`). Needs a batch ≥ 2.
+    """
+    if student_feat.ndim != 4 or teacher_feat.ndim != 4 or student_feat.shape[2:] != teacher_feat.shape[2:]:
+        raise ValueError(
+            f"spatial_relation_loss: expected (B, C, H, W) maps of equal H, W, got {tuple(student_feat.shape)} "
+            f"and {tuple(teacher_feat.shape)}"
+        )
+    a_s = upcast(student_feat).sum(dim=1).flatten(1).transpose(0, 1)
+    a_t = as_target(teacher_feat).sum(dim=1).flatten(1).transpose(0, 1)
+    a_s = a_s - a_s.mean(dim=1, keepdim=True)
+    a_t = a_t - a_t.mean(dim=1, keepdim=True)
+    rho = (a_s * a_t).sum(dim=1) / (a_s.norm(dim=1) * a_t.norm(dim=1) + eps)
+    return 1.0 - rho.mean()

@@ -7,6 +7,7 @@ from featdistill.methods import (  # noqa: F401  (registration)
     collaborative,
     compose,
     dist,
+    distplus,
     diswot,
     dkd,
     dmae,
