@@ -415,3 +415,68 @@ def test_dist_plus_recipe_terms_adapter_and_a_step():
 def _mean_pearson(a, b):
     """Mean row-wise Pearson correlation (DIST's inter relation of rows; of columns when transposed)."""
     return sum(_pearson(x.tolist(), y.tolist(), 1e-8) for x, y in zip(a, b)) / a.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PAD-L2
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_pad_l2_matches_hand_computation_and_reduces_to_mse():
+    from featdistill.losses.logit_variants import pad_l2_loss
+
+    s = torch.tensor([[1.0, 2.0], [0.0, -1.0]], dtype=torch.float64)
+    t = torch.tensor([[1.5, 0.0], [1.0, -1.0]], dtype=torch.float64)
+    v = torch.tensor([[0.0, math.log(4.0)], [-1.0, 0.5]], dtype=torch.float64)
+    rows = [
+        [(0.25 / (1e-6 + 1.0) + 0.0), (4.0 / (1e-6 + 4.0) + math.log(4.0))],
+        [(1.0 / (1e-6 + math.exp(-1.0)) - 1.0), (0.0 + 0.5)],
+    ]
+    want = sum(sum(r) / 2 for r in rows) / 2
+    got = pad_l2_loss(s, t, v)
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(want, rel=1e-12)
+    # log σ² = 0, eps = 0: plain mean squared error
+    assert pad_l2_loss(s, t, torch.zeros_like(v), eps=0.0).item() == pytest.approx(((s - t) ** 2).mean().item())
+
+
+def test_pad_l2_variance_optimum_is_the_squared_residual_and_large_variance_downweights():
+    from featdistill.losses.logit_variants import pad_l2_loss
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    t = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    v = torch.log((t - s) ** 2).requires_grad_(True)
+    pad_l2_loss(s, t, v, eps=0.0).backward()
+    assert v.grad.abs().max().item() < 1e-12  # ∂/∂v [r² e^{-v} + v] = 0 at v = log r²
+    # the student's gradient is the MSE gradient scaled by 1/σ²: a sample with large σ² barely moves
+    s = s.clone().requires_grad_(True)
+    w = torch.zeros(5, 3, dtype=torch.float64)
+    w[0] = 5.0
+    pad_l2_loss(s, t, w, eps=0.0).backward()
+    mse_grad = 2 * (s - t).detach() / s.numel()
+    assert torch.allclose(s.grad, mse_grad * torch.exp(-w), atol=1e-14)
+
+
+def test_pad_recipe_variance_branch_adapter_and_a_step():
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(6, width), nn.ReLU())
+            self.fc = nn.Linear(width, 5)
+            self.embedding_path = "body"
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+
+    student, teacher = Net(4), Net(7)
+    m = build_method("pad")
+    d = Distiller(student, m, teacher)
+    batch = {"input": torch.randn(8, 6), "target": torch.arange(8) % 5}
+    _, losses = d(batch)
+    assert set(losses) == {"ce", "pad"} and set(m.adapters) == {"emb", "var"}
+    assert isinstance(m.adapters["var"][1], nn.BatchNorm1d) and m.adapters["var"][0].in_features == 7
+    sum(losses.values()).backward()
+    assert m.adapters["var"][0].weight.grad is not None and student.body[0].weight.grad is not None
+    assert d.export_student() is student

@@ -2,7 +2,7 @@
 
 * :mod:`~featdistill.losses.logits` — CE, Hinton KD, DKD, DIST, focal loss, soft-target CE;
 * :mod:`~featdistill.losses.features` — FitNets, attention transfer, ND (KD++) and class means;
-* :mod:`~featdistill.losses.logit_variants` — logit standardisation, NKD, Tf-KD / LSR, DIST+ relations;
+* :mod:`~featdistill.losses.logit_variants` — logit standardisation, NKD, Tf-KD / LSR, DIST+ relations, PAD-L2;
 * :mod:`~featdistill.losses.relations` — linear CKA;
 * :mod:`~featdistill.losses.schedule` — loss-weight schedules (constant, linear warm-up).
 
@@ -22,6 +22,7 @@ from featdistill.losses.logit_variants import (
     channel_relation_loss,
     lsr_loss,
     nkd_loss,
+    pad_l2_loss,
     spatial_relation_loss,
     standardize_logits,
     tfkd_loss,
@@ -78,5 +79,6 @@ __all__ = [
     "tfkd_teacher",
     "channel_relation_loss",
     "spatial_relation_loss",
+    "pad_l2_loss",
     "topk_to_probs",
 ]

@@ -1,5 +1,5 @@
 """Logit-side variants of KD (method catalog II): logit standardisation, NKD, Tf-KD / LSR, and the two feature
-relations DIST+ adds to DIST.
+relations DIST+ adds to DIST and PAD-L2's variance-weighted embedding loss.
 
 The logit functions take ``(N, C)`` logits (one row per valid position: per image, per pixel, per token); every
 function computes in its inputs' dtype — float64 in, float64 out; half precision is upcast to float32 as in
@@ -30,6 +30,7 @@ __all__ = [
     "lsr_loss",
     "channel_relation_loss",
     "spatial_relation_loss",
+    "pad_l2_loss",
 ]
 
 #: the epsilon of the reference ``normalize`` (added to the standard deviation, not under the root)
@@ -241,3 +242,26 @@ def spatial_relation_loss(student_feat: Tensor, teacher_feat: Tensor, eps: float
     a_t = a_t - a_t.mean(dim=1, keepdim=True)
     rho = (a_s * a_t).sum(dim=1) / (a_s.norm(dim=1) * a_t.norm(dim=1) + eps)
     return 1.0 - rho.mean()
+
+
+# ----------------------------------------------------------------------------------------------------
+# PAD-L2 (Zhang et al., ECCV 2020; torchdistill PADL2Loss)
+# ----------------------------------------------------------------------------------------------------
+
+
+def pad_l2_loss(student_emb: Tensor, teacher_emb: Tensor, log_variance: Tensor, eps: float = 1e-6) -> Tensor:
+    """Prime-Aware Adaptive Distillation, L2 form: ``mean_n mean_d [(t − s)² / (eps + exp(v)) + v]``.
+
+    "Prime-Aware Adaptive Distillation" (Zhang et al., ECCV 2020); torchdistill ``PADL2Loss`` (which notes the
+    authors' code averages over the feature dims). ``v = log σ²`` is predicted per sample and dimension by a
+    variance branch on the student's embedding, so samples the student cannot match ("non-prime") get a large σ²
+    and a small weight, at the price of the ``+ v`` term. For fixed residual ``r`` and ``eps = 0`` the optimum is
+    ``v = log r²``. Inputs ``(N, D)`` (or anything that flattens to it), equal shapes.
+    """
+    s, t, v = upcast(student_emb).flatten(1), as_target(teacher_emb).flatten(1), upcast(log_variance).flatten(1)
+    if s.shape != t.shape or s.shape != v.shape:
+        raise ValueError(
+            f"pad_l2_loss: student {tuple(s.shape)}, teacher {tuple(t.shape)} and log-variance {tuple(v.shape)} "
+            "must have the same (N, D) shape"
+        )
+    return ((t - s) ** 2 / (eps + torch.exp(v)) + v).mean(dim=1).mean()

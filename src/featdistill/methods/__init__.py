@@ -21,6 +21,7 @@ from featdistill.methods import (  # noqa: F401  (registration)
     nkd,
     ofa,
     output,
+    pad,
     pela,
     tfkd,
 )
