@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from featdistill.methods.base import Method
+from featdistill.methods.base import FUSED_TASK_LOSS, Method
 from featdistill.seeding import seeded
 from featdistill.taps import LOGITS, Taps, TapSpec, as_tap_spec
 from featdistill.tasks.base import Task, TaskError
@@ -177,7 +177,16 @@ class Distiller(nn.Module):
         output, s_feats = self._student_taps(*args, **kwargs)
         pred = s_feats["logits"]
         losses: dict[str, torch.Tensor] = {}
-        if self.ce_weight:
+        fuse = (
+            bool(self.ce_weight)
+            and not self.label_smoothing
+            and self.task.ce_over_rows
+            and self.method.fuses_task_loss(t_feats)
+        )
+        if fuse:  # the method computes the task CE with its own term; the slot keeps the terms' order
+            self.task.check_target(pred, batch["target"])
+            losses[self.task_term] = pred.new_zeros(())
+        elif self.ce_weight:
             losses[self.task_term] = self.ce_weight * self.task.loss(pred, batch, self.label_smoothing)
         s_feats = {k: v.float() if v.is_floating_point() else v for k, v in s_feats.items()}
         view: Mapping[str, Any] = batch
@@ -194,7 +203,12 @@ class Distiller(nn.Module):
                 }
         elif self.task.family == "output":
             view = {**batch, "position_mask": self.task.feature_mask(batch)}
-        for name, value in self.method(s_feats, t_feats, view, epoch).items():
+        if fuse:
+            view = {**view, "fuse_task_loss": True}
+        terms = self.method(s_feats, t_feats, view, epoch)
+        if fuse:
+            losses[self.task_term] = self.ce_weight * terms.pop(FUSED_TASK_LOSS)
+        for name, value in terms.items():
             losses[name] = self.method.weight(name, epoch) * value
         return pred, losses
 

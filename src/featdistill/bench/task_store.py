@@ -126,7 +126,9 @@ def _pair_rows(task: str, spec: dict[str, Any], work: Path, quick: bool) -> list
             }
             times[name] += _epoch_times(_run(cfg))[1:]  # the first epoch pays for allocation and kernel choice
     med = {k: statistics.median(v) for k, v in times.items()}
+    precision = _precision_row(task, spec, data, teacher, work)
     return [
+        precision,
         {
             "task": task,
             "data": spec["data"]["name"],
@@ -140,8 +142,54 @@ def _pair_rows(task: str, spec: dict[str, Any], work: Path, quick: bool) -> list
             "bytes_per_position": info.get("prediction_bytes_per_position"),
             "precision": info.get("teacher_precision"),
             "all_times_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
-        }
+        },
     ]
+
+
+def _precision_row(
+    task: str, spec: dict[str, Any], data: dict[str, Any], teacher: dict[str, Any], work: Path
+) -> dict[str, Any]:
+    """The store built with the teacher in fp32 and at ``autocast: auto``: build time per view and how far the
+    stored predictions move (float32 storage on both sides, so only the teacher's precision differs)."""
+    import torch
+
+    from featdistill.cache import TeacherStore, build_store_from_config, store_info
+
+    stores, seconds, precision = {}, {}, {}
+    for name, autocast in (("fp32", False), ("auto", "auto")):
+        path = work / f"precision-{name}"
+        build_store_from_config(
+            {
+                "data": {**data, "views": "cycle"},
+                "teacher": {**teacher, "source": "store", "store": str(path)},
+                "method": spec["method"],
+                "student": spec["student"],
+                "cache": {"num_views": 1, "topk": None, "taps": {}, "dtype": "float32", "autocast": autocast},
+            }
+        )
+        info = store_info(path)
+        stores[name] = TeacherStore.open(path)
+        seconds[name] = float(info["build_seconds"]) / max(int(info["coverage"]["views"][0]), 1)
+        precision[name] = info.get("teacher_precision")
+    ids = stores["fp32"].sample_ids()[:512]
+    views = torch.zeros_like(ids)
+    a = stores["fp32"].teacher_outputs(ids, views, {"logits"})["logits"]
+    b = stores["auto"].teacher_outputs(ids, views, {"logits"})["logits"]
+    row: dict[str, Any] = {
+        "task": task,
+        "auto_precision": precision["auto"],
+        "fp32_ms_per_view": round(1e3 * seconds["fp32"], 3),
+        "auto_ms_per_view": round(1e3 * seconds["auto"], 3),
+        "max_abs_diff": round(float((a - b).abs().max()), 5),
+        "mean_abs_diff": round(float((a - b).abs().mean()), 6),
+        "value_std": round(float(a.std()), 4),
+    }
+    if a.shape[-1] > 1 and task in ("classification", "segmentation", "causal-lm"):
+        c = a.shape[-1]
+        pa, pb = torch.log_softmax(a.reshape(-1, c), 1), torch.log_softmax(b.reshape(-1, c), 1)
+        row["argmax_agreement"] = round(float((pa.argmax(1) == pb.argmax(1)).double().mean()), 5)
+        row["kl_fp32_to_auto"] = float(f"{float((pa.exp() * (pa - pb)).sum(1).mean()):.3g}")
+    return row
 
 
 def _name(model: dict[str, Any]) -> str:
@@ -210,10 +258,13 @@ def _lm_topk_rows(work: Path, quick: bool) -> list[dict[str, Any]]:
 def task_store_suite(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
     """See the module docstring."""
     rows: list[dict[str, Any]] = []
+    precision: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for task, spec in PAIRS.items():
-            rows += _pair_rows(task, spec, work / task, quick)
+            prec, *speed = _pair_rows(task, spec, work / task, quick)
+            rows += speed
+            precision.append(prec)
         sizes = _lm_topk_rows(work / "lm-sizes", quick)
     speed_cols = [
         "task",
@@ -234,6 +285,9 @@ def task_store_suite(out_dir: Path, quick: bool) -> list[dict[str, Any]]:
         "## Causal-LM store size and top-k error (fp16 values, int16 indices)",
         "",
         markdown_table(sizes),
+        "## The builder's teacher precision: fp32 vs `autocast: auto` (float32 storage on both sides)",
+        "",
+        markdown_table(precision),
     ]
     write_atomic(out_dir / "task-store.md", "\n".join(md))
-    return rows + [{"table": "lm-topk", **r} for r in sizes]
+    return rows + [{"table": "lm-topk", **r} for r in sizes] + [{"table": "precision", **r} for r in precision]

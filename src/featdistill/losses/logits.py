@@ -12,7 +12,6 @@ is responsible for running the teacher without gradient.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -27,6 +26,7 @@ from featdistill.losses._util import (
     check_target,
     upcast,
 )
+from featdistill.losses.position_kd import kd_loss_topk  # noqa: F401  (re-exported: the sparse KD lives there)
 
 __all__ = [
     "cross_entropy",
@@ -104,60 +104,6 @@ def kd_loss(
     # kl_div uses xlogy(p_t, p_t): teacher zeros contribute exactly 0, no NaN.
     per_sample = F.kl_div(log_p_s, p_t, reduction="none").sum(dim=1)
     return _reduce(per_sample * temperature**2, reduction)
-
-
-def kd_loss_topk(
-    student_logits: Tensor,
-    topk_logp: Tensor,
-    topk_idx: Tensor,
-    rest_logp: Tensor,
-    temperature: float = 4.0,
-) -> Tensor:
-    """Hinton KD against a **top-k** teacher record, without materialising the teacher's ``(N, C)`` distribution.
-
-    The teacher is the top-``k`` log-probabilities ``topk_logp (N, k)`` at classes ``topk_idx`` plus the remaining
-    mass ``exp(rest_logp) (N,)`` spread uniformly over the other ``C − k`` classes (what the teacher store keeps;
-    :func:`featdistill.cache.reconstruct_logp` builds the same distribution densely). With ``a = log p / T``
-    renormalised over the top-k and the tail, and ``log s = z/T − logsumexp(z/T)`` for the student::
-
-        KL = Σ_topk p_i (log p_i − log s_i) + (C − k)·q·log q − q·Σ_tail log s_j,
-        Σ_tail log s_j = (Σ_all z_j − Σ_topk z_i)/T − (C − k)·logsumexp(z/T)
-
-    so the student needs one ``logsumexp``, one sum and a gather of ``k`` logits per row — the cost of a
-    cross-entropy, not of a second dense softmax (on a 2,048-token vocabulary: 2 extra passes instead of ~8).
-    Equal to ``kd_loss(z, reconstruct_logp(...), T)`` up to float rounding (the dense path's floor at −1e4
-    aside). Batch-mean over rows, times ``T²``.
-    """
-    _check_temperature(temperature, "kd_loss_topk")
-    if student_logits.ndim != 2 or topk_logp.shape != topk_idx.shape or topk_logp.shape[0] != student_logits.shape[0]:
-        raise ValueError(
-            f"kd_loss_topk: expected student logits (N, C) and top-k records (N, k), got "
-            f"{tuple(student_logits.shape)}, "
-            f"{tuple(topk_logp.shape)} and {tuple(topk_idx.shape)}"
-        )
-    z = upcast(student_logits) / temperature
-    n, c = z.shape
-    k = topk_logp.shape[1]
-    tail = c - k
-    a_top = as_target(topk_logp).float() / temperature
-    lse = torch.logsumexp(z, dim=1)
-    z_top = z.gather(1, topk_idx.long())
-    log_s_top = z_top - lse[:, None]
-    if tail > 0:
-        a_q = (as_target(rest_logp).float().reshape(n) - math.log(tail)) / temperature  # one tail class
-        a_q = a_q.clamp_min(-1.0e4)  # a zero tail (rest = −inf) contributes nothing and must not make NaN
-        norm = torch.logsumexp(torch.cat([a_top, (a_q + math.log(tail))[:, None]], dim=1), dim=1)
-        log_q = a_q - norm
-        q = log_q.exp()
-        tail_log_s = (z.sum(dim=1) - z_top.sum(dim=1)) - tail * lse
-        tail_term = tail * q * log_q - q * tail_log_s
-    else:
-        norm = torch.logsumexp(a_top, dim=1)
-        tail_term = torch.zeros_like(lse)
-    log_p = a_top - norm[:, None]
-    p = log_p.exp()
-    per_row = (p * (log_p - log_s_top)).sum(dim=1) + tail_term
-    return per_row.mean() * temperature**2
 
 
 # ----------------------------------------------------------------------------------------------------

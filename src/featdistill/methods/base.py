@@ -18,9 +18,20 @@ from featdistill.adapters import AdapterKind, ShapeMismatchError, build_adapter,
 from featdistill.losses.schedule import Schedule
 from featdistill.taps import TapSpec
 
-__all__ = ["Method", "METHODS", "register_method", "build_method", "list_methods", "middle_stage"]
+__all__ = [
+    "FUSED_TASK_LOSS",
+    "Method",
+    "METHODS",
+    "register_method",
+    "build_method",
+    "list_methods",
+    "middle_stage",
+]
 
 Features = dict[str, torch.Tensor]
+
+#: the term a method returns when it computed the task loss itself (see :meth:`Method.fuses_task_loss`)
+FUSED_TASK_LOSS = "__task_loss__"
 
 
 class Method(nn.Module):
@@ -88,6 +99,16 @@ class Method(nn.Module):
         """Refuse a task this recipe cannot apply to, naming the recipes that can."""
         if not type(self).supports(task):
             raise ValueError(unsupported_task_message(self.name, task))
+
+    def fuses_task_loss(self, teacher_feats: Features) -> bool:
+        """Whether, for these teacher outputs, this recipe computes the task CE together with its own term.
+
+        Asked by the Distiller only where the task loss is the plain mean CE over the rows logit methods see
+        (``Task.ce_over_rows``, no label smoothing); the method then receives ``batch["fuse_task_loss"] = True``
+        and returns the unweighted task loss under :data:`FUSED_TASK_LOSS`. KD from a top-k store at T = 1 does
+        it: both normalise the student over the vocabulary, so sharing that is most of the step's cost.
+        """
+        return False
 
     # -- wiring -----------------------------------------------------------------------------------------
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:

@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from featdistill.losses.logits import kd_loss, kd_loss_topk
-from featdistill.methods.base import Features, Method, register_method
+from featdistill.losses.logits import kd_loss
+from featdistill.losses.position_kd import ce_and_kd_topk, kd_loss_rows, kd_loss_topk
+from featdistill.methods.base import FUSED_TASK_LOSS, Features, Method, register_method
 from featdistill.taps import TapSpec
 
 
@@ -39,6 +40,10 @@ class KD(Method):
         if logit_standardization:  # a z-score needs every class: a top-k store must serve dense logits
             self.sparse_logits = False  # type: ignore[misc]
 
+    def fuses_task_loss(self, teacher_feats: Features) -> bool:
+        # a top-k record at T = 1: CE and KD share the student's logsumexp (one pass for both gradients)
+        return self.temperature == 1.0 and "logits_topk_logp" in teacher_feats
+
     def teacher_taps(self) -> dict[str, TapSpec]:
         return {"logits": TapSpec("")}
 
@@ -47,6 +52,15 @@ class KD(Method):
     ) -> dict[str, torch.Tensor]:
         if "logits_topk_logp" in teacher_feats:  # a top-k store served sparsely: same loss, no dense teacher
             t = teacher_feats
+            if batch.get("fuse_task_loss"):
+                ce, kd = ce_and_kd_topk(
+                    student_feats["logits"],
+                    batch["target"],
+                    t["logits_topk_logp"],
+                    t["logits_topk_idx"],
+                    t["logits_rest_logp"],
+                )
+                return {"kd": kd, FUSED_TASK_LOSS: ce}
             kd = kd_loss_topk(
                 student_feats["logits"],
                 t["logits_topk_logp"],
@@ -56,4 +70,7 @@ class KD(Method):
             )
             return {"kd": kd}
         z_s, z_t = self.standardized(student_feats["logits"], teacher_feats["logits"])
-        return {"kd": kd_loss(z_s, z_t, self.temperature)}
+        # per-pixel / per-token rows: the same value with a one-pass backward (image classification keeps
+        # kd_loss, so its numbers stay bit-identical)
+        fn = kd_loss_rows if batch.get("per_position") else kd_loss
+        return {"kd": fn(z_s, z_t, self.temperature)}

@@ -117,6 +117,12 @@ class Task:
     prediction_shape: ClassVar[str] = ""
     #: the dimension of the prediction that holds the classes (class tasks)
     class_dim: ClassVar[int] = 1
+    #: a class prediction per position (pixel, token) rather than per sample: logit methods see the valid
+    #: positions as rows, and KD takes its one-pass backward path over them (``view["per_position"]``)
+    per_position: ClassVar[bool] = False
+    #: the task loss (at no label smoothing) is exactly the mean CE over the rows :meth:`method_view` gives, so a
+    #: method may compute it together with its own term (KD from a top-k store shares the student's softmax)
+    ce_over_rows: ClassVar[bool] = False
     #: the name of the task-loss term in the logs (``ce`` for class tasks)
     loss_name: ClassVar[str] = "ce"
 
@@ -220,6 +226,7 @@ class Task:
         if self.family == "class":
             view["target"] = self.flatten_target(s_logits, batch, mask)
         view["position_mask"] = self.feature_mask(batch)
+        view["per_position"] = self.per_position
         return s, t, view
 
     def flatten_target(self, pred: Tensor, batch: Mapping[str, Any], mask: Tensor | None) -> Tensor:

@@ -32,6 +32,8 @@ class CausalLM(Task):
     modality = "sequence"
     default_ignore_index = -100
     class_dim = -1
+    per_position = True
+    ce_over_rows = True
     prediction_shape = "(B, L, V)"
 
     def check_target(self, pred: Tensor, target: Tensor) -> None:
@@ -52,17 +54,23 @@ class CausalLM(Task):
     def valid_positions(self, pred: Tensor, batch: Mapping[str, Any]) -> Tensor | None:
         return batch["target"][:, 1:] != self.ignore_index
 
+    @staticmethod
+    def _rows(shifted: Tensor, mask: Tensor) -> Tensor:
+        # no padding (packed text): a reshape of the shifted view, whose backward is a slice copy rather than
+        # the accumulate-scatter of a masked gather
+        return shifted.reshape(-1, *shifted.shape[2:]) if bool(mask.all()) else shifted[mask]
+
     def flatten(self, pred: Tensor, mask: Tensor | None) -> Tensor:
         assert mask is not None
-        return pred[:, :-1][mask]
+        return self._rows(pred[:, :-1], mask)
 
     def flatten_last(self, x: Tensor, mask: Tensor | None) -> Tensor:
         assert mask is not None
-        return x[:, :-1][mask]
+        return self._rows(x[:, :-1], mask)
 
     def flatten_target(self, pred: Tensor, batch: Mapping[str, Any], mask: Tensor | None) -> Tensor:
         assert mask is not None
-        return batch["target"][:, 1:][mask].long()
+        return self._rows(batch["target"][:, 1:], mask).long()  # position t predicts token t + 1
 
     def feature_mask(self, batch: Mapping[str, Any]) -> Tensor | None:
         return attention_mask_of(batch)
@@ -71,8 +79,13 @@ class CausalLM(Task):
         y = batch["target"]
         self.check_target(pred, y)
         p, t = self._shift(pred, y)
+        # class-last rows: CE over a transposed (B, V, L) view is ~4x slower on CPU (measured: 20 ms vs 4.5 ms
+        # for a 16 x 63 x 2048 batch, forward + backward)
         return F.cross_entropy(
-            p.float().transpose(1, 2), t.long(), ignore_index=self.ignore_index, label_smoothing=label_smoothing
+            p.float().reshape(-1, p.shape[-1]),
+            t.reshape(-1).long(),
+            ignore_index=self.ignore_index,
+            label_smoothing=label_smoothing,
         )
 
     def build_metrics(self, pred: Tensor, **kw: Any) -> dict[str, Any]:
@@ -92,7 +105,9 @@ class CausalLM(Task):
         p, t = self._shift(pred.float(), y)
         metrics["perplexity"].update(p, t)
         metrics["token_acc"].update(p.transpose(1, 2), t)
-        ce = F.cross_entropy(p.transpose(1, 2), t, ignore_index=self.ignore_index, reduction="none")
+        ce = F.cross_entropy(
+            p.reshape(-1, p.shape[-1]), t.reshape(-1), ignore_index=self.ignore_index, reduction="none"
+        ).reshape(t.shape)
         metrics["loss"].update(ce[t != self.ignore_index].double())
 
     @staticmethod

@@ -32,6 +32,7 @@ class Segmentation(Task):
     mean over classes), ``pixel_acc`` and ``loss`` (mean CE over valid pixels)."""
 
     name = "segmentation"
+    per_position = True
     family = "class"
     primary_metric = "miou"
     primary_mode = "max"

@@ -53,6 +53,8 @@ class TokenClassification(Task):
     modality = "sequence"
     default_ignore_index = -100
     class_dim = -1
+    per_position = True
+    ce_over_rows = True
     prediction_shape = "(B, L, C)"
 
     def check_target(self, pred: Tensor, target: Tensor) -> None:
@@ -81,8 +83,12 @@ class TokenClassification(Task):
     def loss(self, pred: Tensor, batch: Mapping[str, Any], label_smoothing: float = 0.0) -> Tensor:
         y = batch["target"]
         self.check_target(pred, y)
+        # class-last rows, not a transposed (B, C, L) view: the same loss, ~4x faster on CPU (see causal_lm)
         return F.cross_entropy(
-            pred.float().transpose(1, 2), y.long(), ignore_index=self.ignore_index, label_smoothing=label_smoothing
+            pred.float().reshape(-1, pred.shape[-1]),
+            y.reshape(-1).long(),
+            ignore_index=self.ignore_index,
+            label_smoothing=label_smoothing,
         )
 
     def build_metrics(self, pred: Tensor, **kw: Any) -> dict[str, Any]:
