@@ -166,6 +166,9 @@ def test_voc_round_trip(tmp_path: Path) -> None:
             assert 255 in values
             want = np.asarray(Image.fromarray(src).resize((24, 24), Image.Resampling.NEAREST))
             assert np.array_equal(mask.numpy(), want)
+    sub = tr.subset([2, 0])  # the image ids follow the rows they name
+    assert sub.info["ids"] == [tr.info["ids"][2], tr.info["ids"][0]] and torch.equal(sub.targets[0], tr.targets[2])
+    assert sub.info["split"] == tr.info["split"]
     tr2, te2 = load_voc_segmentation(tmp_path, image_size=16, max_samples=2, classes=VOC_CLASSES)
     assert len(tr2) == 2 and len(te2) == 2 and tr2.inputs.shape[-1] == 16
     flat = tmp_path / "flat"

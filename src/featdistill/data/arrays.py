@@ -28,7 +28,10 @@ from torch import Tensor
 from featdistill.data.base import channel_stats
 from featdistill.data.views import Augmenter
 
-__all__ = ["ArrayDataset", "TargetKindName"]
+__all__ = ["PER_SAMPLE_INFO", "ArrayDataset", "TargetKindName"]
+
+#: ``info`` keys holding one entry per sample (selected by :meth:`ArrayDataset.subset`, not copied whole)
+PER_SAMPLE_INFO: tuple[str, ...] = ("ids",)
 
 TargetKindName = Literal["class", "mask", "image", "tokens", "series", "none"]
 
@@ -150,8 +153,15 @@ class ArrayDataset:
         return self._fingerprint
 
     def subset(self, indices: Sequence[int] | Tensor, name: str | None = None) -> ArrayDataset:
-        """A new dataset of the selected rows (renumbered); statistics are inherited, not recomputed."""
+        """A new dataset of the selected rows (renumbered); statistics are inherited, not recomputed.
+
+        ``info`` is copied, except its per-sample entries (:data:`PER_SAMPLE_INFO`, e.g. VOC's image ``ids``),
+        which are selected with the rows so they keep naming the right samples."""
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        info = dict(self.info)
+        for key in PER_SAMPLE_INFO:
+            if key in info and len(info[key]) == len(self):
+                info[key] = [info[key][i] for i in idx.tolist()]
         return ArrayDataset(
             _index(self.inputs, idx),
             self.targets[idx],
@@ -162,7 +172,7 @@ class ArrayDataset:
             self.std,
             self.classes,
             self.ignore_index,
-            dict(self.info),
+            info,
         )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
