@@ -86,3 +86,20 @@ def test_tasks_suite_quick_runs_every_task_and_writes_its_tables(tmp_path):
         assert rs[0]["params"] > rs[1]["params"]  # the teacher is the bigger model
         assert f"## {task} — {spec.dataset}" in md
     assert "featdistill bench tasks --quick" in md and "student alone" in md
+
+
+@pytest.mark.slow
+def test_task_store_suite_quick_reports_every_task_ratio_sizes_and_precision(tmp_path):
+    """`featdistill bench task-store --quick` (about 2 minutes): a ratio per task, LM sizes, fp32 vs auto."""
+    pytest.importorskip("transformers")
+    from featdistill.bench.task_store import PAIRS
+
+    rows = json.loads(run_suite("task-store", tmp_path, quick=True).read_text())["rows"]
+    speed = [r for r in rows if "table" not in r]
+    assert [r["task"] for r in speed] == list(PAIRS)
+    assert all(r["store_over_student"] > 0 and len(r["round_ratios"]) == 1 for r in speed)
+    sizes = {r["store"]: r["bytes_per_token"] for r in rows if r.get("table") == "lm-topk"}
+    assert sizes["top-8"] < sizes["top-32"] < sizes["top-64"] < sizes["full logits"]
+    precision = [r for r in rows if r.get("table") == "precision"]
+    assert [r["task"] for r in precision] == list(PAIRS)
+    assert all(0 <= r["mean_abs_diff"] <= r["max_abs_diff"] for r in precision)
