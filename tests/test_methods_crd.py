@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -315,3 +316,29 @@ def test_run_crash_and_resume_is_bit_identical(tmp_path: Path):
         assert torch.equal(ca[key], cb[key]), key
     c1 = ckpt.load_checkpoint(full.run_dir / "checkpoints" / "epoch_0001.pt")["model"]
     assert not torch.equal(c1["method.memory_s"], ca["method.memory_s"])  # the bank moved in epoch 2
+
+
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="gloo is not available")
+def test_ddp_run_through_the_trainer_keeps_identical_banks(tmp_path: Path):
+    """``featdistill`` under torchrun (Trainer + DDP): after every epoch both ranks hold the same banks and Z, the
+    banks moved, and rank 0's checkpoint holds exactly them."""
+    from safetensors.torch import save_file
+
+    from _torchrun import run_torchrun
+
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.safetensors"
+    save_file(build_model("mlp", num_classes=10, in_channels=1, image_size=8, hidden=[32]).state_dict(), str(teacher))
+    proc = run_torchrun(str(Path(__file__).with_name("_crd_trainer_ddp_worker.py")), str(tmp_path), str(teacher))
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    banks = {
+        (r, e): torch.load(tmp_path / f"banks_rank{r}_epoch{e}.pt", weights_only=True) for r in (0, 1) for e in (1, 2)
+    }
+    for e in (1, 2):
+        for k in ("memory_s", "memory_t", "z"):
+            assert torch.equal(banks[(0, e)][k], banks[(1, e)][k]), (e, k)
+    assert not torch.equal(banks[(0, 1)]["memory_s"], banks[(0, 2)]["memory_s"])
+    settings = json.loads((tmp_path / "run" / "train_settings.json").read_text())
+    assert settings["resolved"]["world_size"] == 2
+    saved = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_0002.pt")["model"]
+    assert torch.equal(saved["method.memory_s"], banks[(0, 2)]["memory_s"])
