@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -207,9 +208,9 @@ class FT(Method):
     def fit(self, teacher: Any, loader: Iterable[Mapping[str, torch.Tensor]], num_classes: int | None = None) -> None:
         """Stage 1: build and pre-train the paraphraser on the teacher's last stage (see the class docstring)."""
         first = next(iter(loader))
-        device = (
-            ("cuda" if torch.cuda.is_available() else "cpu") if self.pretrain_device == "auto" else self.pretrain_device
-        )
+        device = self.pretrain_device
+        if device == "auto":  # this rank's GPU under torchrun (LOCAL_RANK), else the first; CPU without CUDA
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
         if isinstance(teacher, nn.Module):
             with Taps(teacher, {"ft": TapSpec(self.teacher_path or "")}, stop_early=True) as t, torch.no_grad():
                 was = teacher.training
