@@ -22,7 +22,12 @@ class SaveBanks(TrainerCallback):
         m = trainer.distiller.method
         rank = dist.get_rank() if dist.is_initialized() else 0
         torch.save(
-            {"memory_s": m.memory_s.cpu(), "memory_t": m.memory_t.cpu(), "z": m.z.cpu()},
+            {
+                "memory_s": m.memory_s.cpu(),
+                "memory_t": m.memory_t.cpu(),
+                "z": m.z.cpu(),
+                "ddp_ignored": sorted(getattr(trainer.distiller, "_ddp_params_and_buffers_to_ignore", [])),
+            },
             self.out / f"banks_rank{rank}_epoch{epoch}.pt",
         )
 

@@ -338,6 +338,8 @@ def test_ddp_run_through_the_trainer_keeps_identical_banks(tmp_path: Path):
         for k in ("memory_s", "memory_t", "z"):
             assert torch.equal(banks[(0, e)][k], banks[(1, e)][k]), (e, k)
     assert not torch.equal(banks[(0, 1)]["memory_s"], banks[(0, 2)]["memory_s"])
+    # kept equal by the method itself, so DDP does not re-broadcast them every step
+    assert {"method.memory_s", "method.memory_t", "method.z", "method.labels"} <= set(banks[(0, 1)]["ddp_ignored"])
     settings = json.loads((tmp_path / "run" / "train_settings.json").read_text())
     assert settings["resolved"]["world_size"] == 2
     saved = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_0002.pt")["model"]

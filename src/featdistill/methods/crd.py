@@ -132,6 +132,8 @@ class CRD(Method):
     paper = "Contrastive Representation Distillation (Tian et al., ICLR 2020)"
     default_weights = {"crd": 0.8}
     default_ce_weight = 1.0
+    #: kept equal on every rank by the all-gathered update: DDP does not re-broadcast them (``rank_synced_keys``)
+    rank_synced_buffers = ("memory_s", "memory_t", "z", "labels")
 
     def __init__(
         self,

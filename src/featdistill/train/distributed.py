@@ -36,6 +36,7 @@ __all__ = [
     "cleanup_distributed",
     "current_context",
     "wrap_ddp",
+    "rank_synced_keys",
     "all_reduce_sum",
     "broadcast_object",
     "barrier",
@@ -132,6 +133,18 @@ def wrap_ddp(module: nn.Module, ctx: DistContext, ignore: Iterable[str] = ()) ->
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False)
+
+
+def rank_synced_keys(module: nn.Module) -> set[str]:
+    """Names of buffers that sub-modules keep equal on every rank themselves (listed in a sub-module's
+    ``rank_synced_buffers``, e.g. CRD's memory banks, updated from all-gathered rows): DDP need not re-broadcast
+    them from rank 0 every step (~51 MB per step for CRD's two CIFAR-100 banks)."""
+    keys: set[str] = set()
+    for prefix, sub in module.named_modules():
+        for name in getattr(sub, "rank_synced_buffers", ()):
+            if getattr(sub, name, None) is not None and name in dict(sub.named_buffers(recurse=False)):
+                keys.add(f"{prefix}.{name}" if prefix else name)
+    return keys
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:

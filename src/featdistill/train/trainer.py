@@ -52,6 +52,7 @@ from featdistill.train.distributed import (
     barrier,
     broadcast_object,
     current_context,
+    rank_synced_keys,
     wrap_ddp,
 )
 from featdistill.train.schedule import build_scheduler
@@ -653,7 +654,8 @@ class Trainer:
                 writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         mlog = _MetricsLog(metrics_path if ctx.is_main else None)
         progress = _Progress(cfg.progress and ctx.is_main, cfg.epochs)
-        model = wrap_ddp(self.distiller, ctx, ignore=ckpt.frozen_state_keys(self.distiller))
+        ignore = ckpt.frozen_state_keys(self.distiller) | rank_synced_keys(self.distiller)
+        model = wrap_ddp(self.distiller, ctx, ignore=ignore)
         try:
             while self.epoch < cfg.epochs:
                 self._train_epoch(model, optimizer, scheduler, params, steps, mlog, writer, progress)
