@@ -480,3 +480,138 @@ def test_pad_recipe_variance_branch_adapter_and_a_step():
     sum(losses.values()).backward()
     assert m.adapters["var"][0].weight.grad is not None and student.body[0].weight.grad is not None
     assert d.export_student() is student
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SSKD
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_sskd_similarity_matrix_matches_the_codes_expanded_cosine():
+    from featdistill.losses.logit_variants import cosine_similarity_matrix
+
+    g = torch.Generator().manual_seed(0)
+    aug = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    nor = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    # student.py: nor.unsqueeze(2).expand(-1,-1,3B).transpose(0,2); aug.unsqueeze(2).expand(-1,-1,B); dim=1
+    ref = torch.nn.functional.cosine_similarity(
+        aug.unsqueeze(2).expand(-1, -1, 2), nor.unsqueeze(2).expand(-1, -1, 6).transpose(0, 2), dim=1
+    )
+    assert torch.allclose(cosine_similarity_matrix(aug, nor), ref, rtol=0, atol=1e-14)
+
+
+def test_sskd_error_rejection_keeps_correct_rows_and_the_best_ranked_wrong_ones():
+    from featdistill.losses.logit_variants import error_rejection_rows
+
+    # target ranks per row: 0, 2, 0, 1, 3  (2 correct, 3 wrong)
+    scores = torch.tensor(
+        [[5.0, 1, 0, -1], [0, 3, 2, 1], [0, 9, 1, 2], [2, 1, 3, 0], [3, 2, 1, 0]], dtype=torch.float64
+    )
+    target = torch.tensor([0, 3, 1, 0, 3])
+    assert error_rejection_rows(scores, target, 1.0).tolist() == [0, 1, 2, 3, 4]
+    assert error_rejection_rows(scores, target, 0.75).tolist() == [0, 1, 2, 3]  # int(3·0.75) = 2 wrong: ranks 1, 2
+    assert error_rejection_rows(scores, target, 0.0).tolist() == [0, 2]
+
+
+def test_sskd_similarity_loss_matches_hand_computation():
+    from featdistill.losses.logit_variants import sskd_similarity_loss
+
+    s = torch.tensor([[0.5, -0.2], [0.1, 0.9], [0.3, 0.3]], dtype=torch.float64)
+    t = torch.tensor([[0.9, 0.0], [-0.5, 0.5], [0.2, 0.1]], dtype=torch.float64)
+    T = 0.5
+    want = 0.0
+    for r in (0, 2):
+        ps, pt = _softmax(s[r].tolist(), T), _softmax(t[r].tolist(), T)
+        want += sum(q * (math.log(q) - math.log(p)) for q, p in zip(pt, ps))
+    want = want / 2 * T * T
+    got = sskd_similarity_loss(s, t, torch.tensor([0, 2]), T)
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(want, rel=1e-12)
+
+
+class _SSNet(nn.Module):
+    def __init__(self, width: int, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.pool = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(width, 5)
+        self.embedding_path = "pool"
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x)))
+
+
+def test_sskd_fit_trains_only_the_teacher_head_and_the_step_matches_the_pieces():
+    from featdistill.losses.logit_variants import cosine_similarity_matrix
+    from featdistill.methods.sskd import rotated_copies
+
+    student, teacher = _SSNet(4, 0), _SSNet(6, 1)
+    g = torch.Generator().manual_seed(2)
+    batch = {"input": torch.randn(6, 3, 6, 6, generator=g), "target": torch.arange(6) % 5}
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    m = build_method("sskd", t_epochs=3, ratio_ss=1.0)
+    d = Distiller(student, m, teacher)
+    d.fit_data([batch], 5)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # backbone frozen
+    head = m.teacher_head
+    assert head is not None and not any(p.requires_grad or p.grad is not None for p in head.parameters())
+    _, losses = d(batch)
+    assert set(losses) == {"ce", "kd", "tf", "ss"} and "proj" in m.adapters
+    # the pieces, recomputed independently (ratio_tf 1 and ratio_ss 1 keep every row)
+    x = batch["input"]
+    rot = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in (1, 2, 3)])
+    assert torch.equal(rotated_copies(x), rot)
+    from featdistill.methods.sskd import contrastive_targets
+
+    b = x.shape[0]  # row j of the rotated copies is its own image contrastive_targets[j], rotated by (j // B + 1)·90°
+    assert all(
+        torch.equal(rot[j], torch.rot90(x[i], j // b + 1, dims=(1, 2))) for j, i in enumerate(contrastive_targets(b))
+    )
+    with torch.no_grad():
+        zs, zt, zrs, zrt = student(x), teacher(x), student(rot), teacher(rot)
+        assert losses["kd"].item() == pytest.approx(0.9 * kd_loss(zs, zt, 4.0).item(), rel=1e-5)
+        assert losses["tf"].item() == pytest.approx(2.7 * kd_loss(zrs, zrt, 4.0).item(), rel=1e-5)
+        es, ers, et, ert = (
+            student.pool(student.conv(x)),
+            student.pool(student.conv(rot)),
+            teacher.pool(teacher.conv(x)),
+            teacher.pool(teacher.conv(rot)),
+        )
+        s_sim = cosine_similarity_matrix(m.adapters["proj"](ers), m.adapters["proj"](es))
+        t_sim = cosine_similarity_matrix(head(ert), head(et))
+        want = torch.nn.functional.kl_div(
+            torch.log_softmax(s_sim / 0.5, 1), torch.softmax(t_sim / 0.5, 1), reduction="batchmean"
+        )
+        assert losses["ss"].item() == pytest.approx(10.0 * 0.25 * want.item(), rel=1e-5)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in m.adapters["proj"].parameters())
+    assert all(p.grad is None for p in teacher.parameters()) and d.export_student() is student
+    with pytest.raises(ValueError, match="live teacher"):
+        m.fit(lambda b: {}, [batch])
+
+
+def test_sskd_teacher_head_learns_the_rotation_contrast():
+    import torch.nn.functional as F
+
+    from featdistill.losses.logit_variants import cosine_similarity_matrix
+    from featdistill.methods.sskd import rotated_copies
+
+    teacher = _SSNet(8, 3)
+    g = torch.Generator().manual_seed(4)
+    batches = [{"input": torch.randn(8, 3, 6, 6, generator=g), "target": torch.zeros(8, dtype=torch.long)}]
+
+    def ss_loss(head):
+        x = batches[0]["input"]
+        with torch.no_grad():
+            e, er = teacher.pool(teacher.conv(x)), teacher.pool(teacher.conv(rotated_copies(x)))
+            own = torch.arange(8).repeat(3)  # rotated row (r − 1)·8 + i belongs to image i
+            return F.cross_entropy(cosine_similarity_matrix(head(er), head(e)), own).item()
+
+    short, long = build_method("sskd", t_epochs=1), build_method("sskd", t_epochs=40, t_milestones=(30,))
+    for m in (short, long):
+        m.bind(_SSNet(4, 0), teacher)
+        m.fit(teacher, batches)
+    assert ss_loss(long.teacher_head) < ss_loss(short.teacher_head)

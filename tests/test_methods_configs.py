@@ -28,7 +28,7 @@ PAIRS = {
 
 def test_all_pairs_and_methods_present():
     names = {p.stem for p in CONFIGS}
-    for m in ("kdls", "nkd", "dotkd", "distplus", "pad"):
+    for m in ("kdls", "nkd", "dotkd", "distplus", "pad", "sskd"):
         for t, s in PAIRS:
             assert f"{m}_{t}_{s}" in names
     for s in {s for _, s in PAIRS}:  # teacher-free recipes: one config per student
@@ -80,6 +80,9 @@ def test_config_runs_two_steps(path, cifar_fixture):
         method.fit(teacher, SimpleNamespace(dataset=train), 100)
     if m.name == "nd":  # class means need the whole training set; the fixture has 2 images per class
         method.class_means = torch.randn(100, method_dim(teacher))
+    if m.name == "sskd":  # stage 1 trains the teacher's projection head (one epoch on the fixture batch here)
+        method.t_epochs = 1
+        method.fit(teacher, [batch], 100)
     opt = torch.optim.SGD(d.trainable_parameters(), lr=cfg.train.lr, momentum=0.9)
     for step in range(2):
         _, losses = d(batch, epoch=float(step))

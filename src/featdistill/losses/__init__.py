@@ -2,7 +2,7 @@
 
 * :mod:`~featdistill.losses.logits` — CE, Hinton KD, DKD, DIST, focal loss, soft-target CE;
 * :mod:`~featdistill.losses.features` — FitNets, attention transfer, ND (KD++) and class means;
-* :mod:`~featdistill.losses.logit_variants` — logit standardisation, NKD, Tf-KD / LSR, DIST+ relations, PAD-L2;
+* :mod:`~featdistill.losses.logit_variants` — logit standardisation, NKD, Tf-KD / LSR, DIST+ relations, PAD-L2, SSKD;
 * :mod:`~featdistill.losses.relations` — linear CKA;
 * :mod:`~featdistill.losses.schedule` — loss-weight schedules (constant, linear warm-up).
 
@@ -20,10 +20,13 @@ from featdistill.losses.contrastive import (
 from featdistill.losses.features import at_loss, attention_map, class_means, fitnet_loss, nd_loss
 from featdistill.losses.logit_variants import (
     channel_relation_loss,
+    cosine_similarity_matrix,
+    error_rejection_rows,
     lsr_loss,
     nkd_loss,
     pad_l2_loss,
     spatial_relation_loss,
+    sskd_similarity_loss,
     standardize_logits,
     tfkd_loss,
     tfkd_teacher,
@@ -80,5 +83,8 @@ __all__ = [
     "channel_relation_loss",
     "spatial_relation_loss",
     "pad_l2_loss",
+    "cosine_similarity_matrix",
+    "error_rejection_rows",
+    "sskd_similarity_loss",
     "topk_to_probs",
 ]

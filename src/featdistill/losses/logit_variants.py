@@ -1,5 +1,5 @@
 """Logit-side variants of KD (method catalog II): logit standardisation, NKD, Tf-KD / LSR, and the two feature
-relations DIST+ adds to DIST and PAD-L2's variance-weighted embedding loss.
+relations DIST+ adds to DIST PAD-L2's variance-weighted embedding loss and SSKD's similarity transfer.
 
 The logit functions take ``(N, C)`` logits (one row per valid position: per image, per pixel, per token); every
 function computes in its inputs' dtype — float64 in, float64 out; half precision is upcast to float32 as in
@@ -31,6 +31,9 @@ __all__ = [
     "channel_relation_loss",
     "spatial_relation_loss",
     "pad_l2_loss",
+    "cosine_similarity_matrix",
+    "error_rejection_rows",
+    "sskd_similarity_loss",
 ]
 
 #: the epsilon of the reference ``normalize`` (added to the standard deviation, not under the root)
@@ -265,3 +268,44 @@ def pad_l2_loss(student_emb: Tensor, teacher_emb: Tensor, log_variance: Tensor, 
             "must have the same (N, D) shape"
         )
     return ((t - s) ** 2 / (eps + torch.exp(v)) + v).mean(dim=1).mean()
+
+
+# ----------------------------------------------------------------------------------------------------
+# SSKD (Xu et al., ECCV 2020; xuguodong03/SSKD student.py)
+# ----------------------------------------------------------------------------------------------------
+
+
+def cosine_similarity_matrix(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """``S[i, j] = a_i·b_j / max(‖a_i‖‖b_j‖, eps)`` for ``(M, D)`` and ``(N, D)`` rows — what the SSKD code builds with
+    ``F.cosine_similarity`` over expanded tensors (same eps semantics), without materialising ``(M, D, N)``."""
+    a, b = upcast(a), as_target(b)
+    return (a @ b.transpose(0, 1)) / (a.norm(dim=1)[:, None] * b.norm(dim=1)[None, :]).clamp_min(eps)
+
+
+def error_rejection_rows(scores: Tensor, target: Tensor, keep_wrong: float) -> Tensor:
+    """SSKD's error-level ranking: the rows to distil, sorted.
+
+    A row is "correct" when ``target`` is its top score (rank 0). All correct rows are kept, plus the
+    ``int(n_wrong · keep_wrong)`` wrong rows whose target ranks best (``ratio_tf`` / ``ratio_ss`` in the code).
+    Ties in the rank are broken by row order (a stable sort; the code's sort is not stable).
+    """
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    rank = torch.argmax((order == target.long()[:, None]).long(), dim=1)
+    n_wrong = int((rank != 0).sum())
+    keep = scores.shape[0] - n_wrong + int(n_wrong * keep_wrong)
+    return torch.sort(torch.argsort(rank, stable=True)[:keep])[0]
+
+
+def sskd_similarity_loss(
+    student_sim: Tensor, teacher_sim: Tensor, rows: Tensor | None = None, temperature: float = 0.5
+) -> Tensor:
+    """SSKD's self-supervision transfer: ``T²·KL(softmax(S_t/T) ‖ softmax(S_s/T))`` batch-mean over the kept rows of
+    the (rotated × normal) cosine-similarity matrices (code: ``ss_T`` 0.5)."""
+    check_logits_pair(student_sim, teacher_sim, "sskd_similarity_loss")
+    _check_temperature(temperature, "sskd_similarity_loss")
+    s, t = upcast(student_sim), as_target(teacher_sim)
+    if rows is not None:
+        s, t = s[rows], t[rows]
+    log_p_s = F.log_softmax(s / temperature, dim=1)
+    p_t = F.softmax(t / temperature, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature**2

@@ -23,6 +23,7 @@ from featdistill.methods import (  # noqa: F401  (registration)
     output,
     pad,
     pela,
+    sskd,
     tfkd,
 )
 from featdistill.methods.base import METHODS, Method, build_method, list_methods, register_method
