@@ -28,7 +28,7 @@ PAIRS = {
 
 def test_all_pairs_and_methods_present():
     names = {p.stem for p in CONFIGS}
-    for m in ("kdls", "nkd", "dotkd", "distplus", "pad", "sskd"):
+    for m in ("kdls", "dkdls", "nkd", "dotkd", "distplus", "pad", "sskd"):
         for t, s in PAIRS:
             assert f"{m}_{t}_{s}" in names
     for s in {s for _, s in PAIRS}:  # teacher-free recipes: one config per student
