@@ -1,4 +1,4 @@
-"""Token-level divergences (forward/reverse KL, JSD(β), skew KL) and the ``divergence`` recipe."""
+"""LLM-distillation recipes: token-level divergences (forward/reverse KL, JSD(β), skew KL) and hidden-state KD."""
 
 from __future__ import annotations
 
@@ -132,3 +132,84 @@ def test_the_recipe_is_refused_on_a_value_task():
 
     with pytest.raises(ValueError, match="divergence"):
         build_method("divergence").check_task(build_task("regression"))
+
+
+# -- hidden-state distillation with a layer map -------------------------------------------------------------
+
+
+def _gpt2(width: int, layers: int):
+    transformers = pytest.importorskip("transformers")
+    cfg = dict(vocab_size=20, n_head=2, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=width, n_layer=layers, **cfg))
+
+
+def test_uniform_layer_map_spaces_blocks_and_ends_last_to_last():
+    from featdistill.methods.hidden import uniform_layer_map
+
+    assert uniform_layer_map(2, 4) == [(0, 1), (1, 3)]
+    assert uniform_layer_map(3, 12) == [(0, 3), (1, 7), (2, 11)]
+    assert uniform_layer_map(2, 2) == [(0, 0), (1, 1)]
+    assert uniform_layer_map(4, 2)[-1] == (3, 1)
+
+
+def test_hidden_states_match_the_mapped_blocks_over_non_padding_tokens():
+    from featdistill.distiller import Distiller
+    from featdistill.methods import build_method
+    from featdistill.tasks import build_task
+
+    torch.manual_seed(0)
+    teacher, student = _gpt2(16, 4).eval(), _gpt2(8, 2)
+    ids = torch.randint(1, 20, (3, 6))
+    mask = torch.ones_like(ids)
+    mask[0, 3:] = 0
+    batch = {"input": {"input_ids": ids, "attention_mask": mask}, "target": torch.where(mask.bool(), ids, -100)}
+    method = build_method("hidden", layer_map={0: 1, 1: -1}, weights={"hidden": 1.0})
+    d = Distiller(student, method, teacher, task=build_task("causal-lm"), ce_weight=0.0)
+    _, losses = d(batch)
+    assert method.student_paths == ["transformer.h.0", "transformer.h.1"]
+    assert method.teacher_paths == ["transformer.h.1", "transformer.h.3"]
+    # by hand: block outputs captured with plain forward hooks, through the method's own adapters, mean over
+    # pairs of the MSE on the valid tokens
+    got: dict[str, torch.Tensor] = {}
+
+    def keep_as(name):
+        return lambda module, args, out: got.__setitem__(name, out[0] if isinstance(out, tuple) else out)
+
+    hooks = [
+        student.transformer.h[0].register_forward_hook(keep_as("s0")),
+        student.transformer.h[1].register_forward_hook(keep_as("s1")),
+        teacher.transformer.h[1].register_forward_hook(keep_as("t0")),
+        teacher.transformer.h[3].register_forward_hook(keep_as("t1")),
+    ]
+    with torch.no_grad():
+        student(input_ids=ids, attention_mask=mask)
+        teacher(input_ids=ids, attention_mask=mask)
+    for h in hooks:
+        h.remove()
+    keep = mask.bool()
+    with torch.no_grad():
+        want = torch.stack(
+            [torch.mean((method.adapters[f"hidden{k}"](got[f"s{k}"])[keep] - got[f"t{k}"][keep]) ** 2) for k in (0, 1)]
+        ).mean()
+    assert losses["hidden"].item() == pytest.approx(want.item(), rel=1e-5)
+    # padding does not move the term: change the padded tokens' ids
+    ids2 = ids.clone()
+    ids2[0, 3:] = 7
+    batch2 = {**batch, "input": {"input_ids": ids2, "attention_mask": mask}}
+    assert d(batch2)[1]["hidden"].item() == pytest.approx(losses["hidden"].item(), rel=1e-5)
+
+
+def test_hidden_refuses_a_map_outside_the_blocks_and_half_given_paths():
+    from featdistill.distiller import Distiller
+    from featdistill.methods import build_method
+
+    with pytest.raises(ValueError, match="outside"):
+        Distiller(_gpt2(8, 2), build_method("hidden", layer_map={0: 9}), _gpt2(16, 4), task=None)
+    with pytest.raises(ValueError, match="both"):
+        build_method("hidden", student_paths=["transformer.h.0"])
+    with pytest.raises(ValueError, match="block list"):
+        Distiller(nn_linear(), build_method("hidden"), nn_linear())
+
+
+def nn_linear():
+    return torch.nn.Sequential(torch.nn.Linear(4, 3))
