@@ -2,7 +2,9 @@
 
 Every subcommand is a thin wrapper over the Python API (the same objects, no CLI-only logic).  Expected
 errors (a bad config value, a missing file, an unknown tap path, a stale store) print one clear message
-and exit with status 2 — never a bare traceback; ``FEATDISTILL_DEBUG=1`` shows the traceback.
+and exit with status 2 — never a bare traceback; ``featdistill --debug …`` (anywhere on the line) or
+``FEATDISTILL_DEBUG=1`` shows the traceback (:mod:`featdistill.errors` says which errors are the user's).  An
+internal error (a bug) always shows its traceback.
 """
 
 from __future__ import annotations
@@ -17,31 +19,9 @@ __all__ = ["main"]
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from featdistill.adapters import ShapeMismatchError
-    from featdistill.config import ConfigError
-    from featdistill.taps import TapPathError
+    from featdistill.errors import user_error_types
 
-    errs: list[type[BaseException]] = [
-        ConfigError,
-        TapPathError,
-        ShapeMismatchError,
-        FileNotFoundError,
-        FileExistsError,
-    ]
-    for mod, name in [
-        ("featdistill.train.config", "TrainConfigError"),
-        ("featdistill.train.checkpoint", "CheckpointError"),
-        ("featdistill.cache", "StoreError"),
-        ("featdistill.data", "DataFormatError"),
-        ("featdistill.tasks", "TaskError"),
-        ("featdistill.yaml_safe", "YAMLLoadError"),
-        ("featdistill.locks", "DirectoryLockedError"),
-    ]:
-        try:
-            errs.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errs)
+    return user_error_types()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -245,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     from featdistill import __version__
 
     p.add_argument("--version", action="version", version=f"featdistill {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a user error too (any position)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("demo", help="teacher → student alone / KD / feature KD on embedded data, with a table")
@@ -331,11 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("FEATDISTILL_DEBUG"))
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return int(args.func(args) or 0)
     except _expected_errors() as err:
-        if os.environ.get("FEATDISTILL_DEBUG"):
+        if debug:
             raise
         print(f"featdistill {args.command}: error: {err}", file=sys.stderr)
         return 2

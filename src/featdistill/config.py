@@ -376,6 +376,10 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML scalars/lists) to a raw config dict."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"the top level of a config must be a mapping of sections (data, student, …), not {type(data).__name__}"
+        )
     out = copy.deepcopy(dict(data))
     for item in overrides:
         if "=" not in item:

@@ -7,8 +7,8 @@ Every config, ``--set`` value and YAML flag is therefore read here, with these l
 :class:`YAMLLoadError` naming the file, the line and the limit):
 
 - the file is at most :data:`MAX_BYTES` bytes, UTF-8 text (a binary file is refused before parsing);
-- nesting is at most :data:`MAX_DEPTH` levels (checked while composing, so a 5,000-deep list never reaches
-  Python's recursion limit);
+- nesting is at most :data:`MAX_DEPTH` levels (checked while scanning flow collections and while composing, so
+  a 5,000-deep list neither reaches Python's recursion limit nor PyYAML's quadratic scanner);
 - the document, **with every alias expanded**, has at most :data:`MAX_NODES` nodes — counted on the node graph
   (each node's expanded size is computed once from its children), so a bomb is refused after composing its
   few hundred nodes, in milliseconds; an alias that refers to its own ancestor (a recursive document) is refused;
@@ -75,6 +75,12 @@ class _BoundedLoader(yaml.SafeLoader):
         mark = getattr(node_or_mark, "start_mark", node_or_mark)
         where = f"{self._source}:{mark.line + 1}" if mark is not None else self._source
         return YAMLLoadError(f"{where}: {text}")
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # PyYAML's scanner is quadratic in flow depth ("[[[[…"): refuse while scanning, before composing
+        if self.flow_level >= self._max_depth:
+            raise self._fail(self.get_mark(), f"refused: nested deeper than {self._max_depth} levels")
+        super().fetch_flow_collection_start(TokenClass)
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
         is_alias = self.check_event(yaml.AliasEvent)

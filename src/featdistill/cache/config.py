@@ -60,9 +60,7 @@ class CacheSection(BaseModel):
 def build_store_from_config(path: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> Path:
     """Read a YAML config (or take a config mapping) + ``--set key=value`` overrides, build its teacher store,
     return the folder."""
-    from featdistill.cache.builder import build_store
     from featdistill.config import ConfigError, apply_overrides, parse_config
-    from featdistill.run import build_data, build_model, data_meta
 
     if isinstance(path, Mapping):
         p, raw = Path("<config>"), dict(path)
@@ -104,10 +102,25 @@ def build_store_from_config(path: str | Path | Mapping[str, Any], overrides: Seq
         raise ConfigError(
             "teacher.checkpoint is required to build a store: a randomly initialised teacher teaches nothing"
         )
+    from featdistill.errors import StartupGuard
+
+    guard = StartupGuard("the store build")  # values failing in constructors / the first shard → ConfigError
+    with guard.watch():
+        return _build(cfg, cc, out, guard)
+
+
+def _build(cfg: Any, cc: CacheSection, out: str, guard: Any) -> Path:
+    from featdistill.cache.builder import build_store
+    from featdistill.errors import phase
+    from featdistill.run import build_data, build_model, data_meta
+
+    phase("the data (data.*)")
     train_set, _, augmenter, train_loader, _, _ = build_data(cfg, num_views=cc.num_views)
     meta = data_meta(cfg, train_set)
     task = cfg.task.build(meta["num_classes"] or None)
+    phase("the teacher (teacher.*)")
     teacher = build_model(cfg.teacher, meta, cfg.seed, "teacher")
+    phase("the first shard (cache.*)")
     taps = cc.taps
     if taps is None:
         taps = _default_taps(cfg, teacher, meta)
@@ -133,6 +146,7 @@ def build_store_from_config(path: str | Path | Mapping[str, Any], overrides: Seq
         store_view_params=cc.store_view_params,
         task=task,
         logits_size=cc.logits_size,
+        on_shard=guard.started,
     )
     return Path(out)
 

@@ -107,6 +107,13 @@ class TrainConfig(BaseModel):
             raise ValueError("milestones must be strictly increasing, e.g. [150, 180, 210]")
         return v
 
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(math.isfinite(b) and 0 <= b < 1 for b in v):
+            raise ValueError("AdamW betas must both be in [0, 1), e.g. [0.9, 0.999]")
+        return v
+
     @field_validator("lr", "min_lr", "warmup_epochs", "gamma", "weight_decay")
     @classmethod
     def _finite(cls, v: float) -> float:
