@@ -105,3 +105,73 @@ def test_train_updates_the_student_and_the_method_adapters_and_saves_a_plain_mod
 def test_a_batch_without_labels_is_refused_with_the_fix():
     with pytest.raises(KeyError, match="labels"):
         hf_batch({"input_ids": torch.zeros(1, 2, dtype=torch.long)})
+
+
+def _seen_batches(trainer):
+    seen = []
+    original = trainer.compute_loss
+
+    def spy(model, inputs, *a, **k):
+        seen.append({k2: v.clone() for k2, v in inputs.items()})
+        return original(model, inputs, *a, **k)
+
+    trainer.compute_loss = spy
+    return seen
+
+
+def _on_policy(tmp_path, name, lmbda, seq_kd=False):
+    student, teacher = _gpt2(8, 1, 1), _gpt2(16, 2, 2)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=_args(tmp_path / name, steps=3),
+        train_dataset=_data(),
+        data_collator=_collate,
+        method="divergence",
+        lmbda=lmbda,
+        seq_kd=seq_kd,
+        prompt_length=3,
+        max_new_tokens=4,
+    )
+    seen = _seen_batches(trainer)
+    trainer.train()
+    return trainer, seen
+
+
+def test_on_policy_batches_are_the_students_continuations_of_the_prompts_seeded(tmp_path):
+    trainer, seen = _on_policy(tmp_path, "a", lmbda=1.0)
+    assert trainer.on_policy_steps == 3 and len(seen) == 3
+    for b in seen:
+        assert b["input_ids"].shape == (4, 3 + 4)  # prompt + max_new_tokens sampled tokens
+        assert (b["labels"][:, :3] == -100).all()  # no loss on the prompt
+        assert torch.equal(b["labels"][:, 3:], b["input_ids"][:, 3:])
+    again, seen2 = _on_policy(tmp_path, "b", lmbda=1.0)  # the same seed: the same samples and weights
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(seen, seen2))
+    assert all(torch.equal(p, q) for p, q in zip(trainer.model.parameters(), again.model.parameters()))
+    off, seen_off = _on_policy(tmp_path, "c", lmbda=0.0)
+    assert off.on_policy_steps == 0 and all(b["input_ids"].shape == (4, 8) for b in seen_off)
+
+
+def test_sequence_level_kd_trains_on_the_teachers_continuations(tmp_path):
+    trainer, seen = _on_policy(tmp_path, "s", lmbda=0.0, seq_kd=True)
+    # the first batch is exactly the teacher's seeded continuation of that batch's prompts (step 0, seed 0)
+    prompts = {"input_ids": seen[0]["input_ids"][:, :3], "attention_mask": torch.ones(4, 3, dtype=torch.long)}
+    want = trainer.generate_batch(trainer.teacher_model, prompts, seed=0)
+    assert torch.equal(seen[0]["input_ids"], want["input_ids"]) and seen[0]["input_ids"].shape == (4, 7)
+    student_sample = trainer.generate_batch(trainer.model, prompts, seed=0)
+    assert not torch.equal(student_sample["input_ids"], want["input_ids"])  # it is the teacher's, not the student's
+
+
+def test_on_policy_without_prompts_is_refused_with_the_fix(tmp_path):
+    trainer = DistillationTrainer(
+        model=_gpt2(8, 1, 1),
+        teacher_model=_gpt2(16, 2, 2),
+        args=_args(tmp_path),
+        train_dataset=_data(),
+        data_collator=_collate,
+        lmbda=1.0,
+    )
+    with pytest.raises(KeyError, match="prompt_length"):
+        trainer.train()
+    with pytest.raises(ValueError, match="lmbda"):
+        DistillationTrainer(model=_gpt2(8, 1, 1), teacher_model=_gpt2(8, 1, 2), args=_args(tmp_path), lmbda=2.0)
