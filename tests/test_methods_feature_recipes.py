@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -239,3 +240,16 @@ def test_diswot_works_with_a_frozen_teacher():
         p.requires_grad_(False)
     rows = rank_students(t, {"w4": TinyNet(4)}, make_batch(8))
     assert rows[0]["relation"] >= 0 and not any(p.requires_grad for p in t.parameters())
+
+
+def test_cka_refuses_a_model_without_an_embedding_path_instead_of_using_its_logits():
+    from featdistill.distiller import Distiller
+    from featdistill.methods import build_method
+
+    plain = lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))  # noqa: E731
+    with pytest.raises(ValueError, match="declares no embedding_path"):
+        Distiller(plain(), build_method("cka"), plain())
+    # the explicit choice is honoured: the predictions themselves
+    d = Distiller(plain(), build_method("cka", student_paths=[""], teacher_paths=[""]), plain())
+    _, losses = d({"input": torch.randn(8, 4), "target": torch.randint(0, 3, (8,))})
+    assert 0.0 <= losses["cka"].item() <= 1.0
