@@ -209,6 +209,28 @@ def test_dmae_shared_mask_masked_rec_and_truncated_teacher():
     assert 0 < cost["fraction"] < 0.3 and abs(cost["saved"] + cost["fraction"] - 1) < 1e-9
 
 
+def test_dmae_runs_the_student_once_per_step_on_the_visible_patches_only():
+    """The saving DMAE exists for: one masked student pass (the Distiller's), never a full-image pass beside it."""
+    torch.manual_seed(0)
+    teacher = MaskedViT(num_classes=5, embed_dim=32, depth=4)
+    student = MaskedViT(num_classes=5, embed_dim=16, depth=4)
+    m = DMAE()
+    d = Distiller(student, m, teacher, ce_weight=0.0)
+    batch = make_batch(4, size=28)
+    d(batch)  # first step: adapters are built
+    calls = []
+    student.blocks[0].register_forward_hook(lambda mod, a, o: calls.append(o.shape[1]))
+    _, losses = d(batch)
+    assert calls == [1 + m.last_keep.shape[1]]  # exactly one student pass, on CLS + visible tokens
+    # and its terms equal the recipe computed from an explicit masked pass (the diagnostic path)
+    with torch.no_grad():
+        f_s, last, f_t = m._run(batch["input"], m.last_keep)
+        from featdistill.methods.dmae import feature_l1
+
+        want = feature_l1(m.adapters["proj"](f_s.float()), f_t.float())
+    torch.testing.assert_close(losses["feat"].detach(), want, atol=1e-6, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------- DisWOT
 def test_diswot_score_properties_and_ranking():
     g = torch.Generator().manual_seed(0)

@@ -171,6 +171,9 @@ class Distiller(nn.Module):
         if not self.prepared:
             self.prepare(batch)
         args, kwargs = self.task.model_arguments(batch)
+        extra = self.method.student_call_kwargs(batch, epoch)  # e.g. DMAE's visible patches
+        if extra:
+            kwargs = {**kwargs, **extra}
         if self.channels_last and args and torch.is_tensor(args[0]) and args[0].dim() == 4:
             args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
         t_feats = self.teacher_outputs(batch)

@@ -100,6 +100,15 @@ class Method(nn.Module):
         if not type(self).supports(task):
             raise ValueError(unsupported_task_message(self.name, task))
 
+    def student_call_kwargs(self, batch: Mapping[str, Any], epoch: float) -> dict[str, Any]:
+        """Extra keyword arguments for this step's one student forward (default none).
+
+        Why: a recipe that must run the student differently (DMAE: on the visible patches only, ``keep=``)
+        would otherwise run its own second student pass beside the Distiller's, paying for the student twice.
+        With this hook the Distiller's single pass is the recipe's pass, and its taps are the recipe's taps.
+        """
+        return {}
+
     def fuses_task_loss(self, teacher_feats: Features) -> bool:
         """Whether, for these teacher outputs, this recipe computes the task CE together with its own term.
 

@@ -13,7 +13,7 @@ from torch import nn
 from featdistill.methods._util import model_device, unregistered
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.seeding import generator
-from featdistill.taps import Taps
+from featdistill.taps import Taps, TapSpec
 
 __all__ = ["DMAE", "MaskedViT", "random_keep", "patchify", "masked_reconstruction_loss", "feature_l1", "vit_block_macs"]
 
@@ -222,19 +222,42 @@ class DMAE(Method):
         patch_dim = s.patch_size * s.patch_size * in_ch
         self.adapters["decoder"] = _Decoder(s.embed_dim, s.num_patches, patch_dim, self.decoder_dim).to(dev)
 
-    def _run(self, x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s, t = self._student(), self._teacher()
-        last = f"blocks.{s.depth - 1}"
-        if self._s_taps is None:
-            self._s_taps = Taps(s, {"feat": f"blocks.{self.student_block}", "last": last}, stop_early=True)
+    def student_taps(self) -> dict[str, TapSpec]:
+        s = self._student()
+        if s is None:  # not bound yet: the block paths come from the student
+            return {}
+        return {"feat": TapSpec(f"blocks.{self.student_block}"), "last": TapSpec(f"blocks.{s.depth - 1}")}
+
+    def student_call_kwargs(self, batch: Mapping[str, Any], epoch: float) -> dict[str, Any]:
+        """This step's mask: the Distiller's one student pass runs on the visible patches (``keep=``) and
+        taps the recipe's blocks — no second, full-image student pass."""
+        x = batch["input"]
+        b = x.shape[0]
+        sid = batch.get("sample_id", torch.arange(b))
+        vid = batch.get("view_id", torch.zeros(b, dtype=torch.long))
+        keep = random_keep(sid, vid, self._student().num_patches, self.mask_ratio, self.seed, int(epoch))
+        self.last_keep = keep.to(x.device)
+        return {"keep": self.last_keep}
+
+    def _teacher_feat(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher, truncated after its tapped block, on the same visible patches."""
+        t = self._teacher()
+        if self._t_taps is None:
             self._t_taps = Taps(t, {"feat": f"blocks.{self.teacher_block}"}, stop_early=True)
-        _, sf = self._s_taps(x, keep=keep)
         if model_device(t) != x.device:
             t.to(x.device)
         t.eval()
         with torch.inference_mode():
             _, tf = self._t_taps(x, keep=keep)
-        return sf["feat"], sf["last"], tf["feat"].clone()
+        return tf["feat"].clone()
+
+    def _run(self, x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Student (tapped block, last block) and teacher features on ``keep`` — a diagnostic outside training."""
+        s = self._student()
+        if self._s_taps is None:
+            self._s_taps = Taps(s, {k: v.path for k, v in self.student_taps().items()}, stop_early=True)
+        _, sf = self._s_taps(x, keep=keep)
+        return sf["feat"], sf["last"], self._teacher_feat(x, keep)
 
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
@@ -242,11 +265,10 @@ class DMAE(Method):
         x = batch["input"]
         s = self._student()
         b = x.shape[0]
-        sid = batch.get("sample_id", torch.arange(b))
-        vid = batch.get("view_id", torch.zeros(b, dtype=torch.long))
-        keep = random_keep(sid, vid, s.num_patches, self.mask_ratio, self.seed, int(epoch)).to(x.device)
-        self.last_keep = keep
-        f_s, last, f_t = self._run(x, keep)
+        keep = self.last_keep
+        if keep is None or keep.shape[0] != b:
+            raise RuntimeError("dmae: the step's mask is missing; the Distiller calls student_call_kwargs first")
+        f_s, last, f_t = student_feats["feat"], student_feats["last"], self._teacher_feat(x, keep)
         feat = feature_l1(self.adapters["proj"](f_s.float()), f_t.float())
         pred = self.adapters["decoder"](last[:, 1:].float(), keep)
         masked = torch.ones(b, s.num_patches, device=x.device)
