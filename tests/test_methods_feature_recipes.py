@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -244,10 +246,17 @@ def test_diswot_score_properties_and_ranking():
         torch.testing.assert_close(semantic_distance(g1, g2, mode), semantic_distance(g2, g1, mode))
     t = TinyNet(8)
     batch = make_batch(8)
-    same = diswot_score(t, TinyNet(8), batch)
-    assert abs(same["score"]) < 1e-9  # S = T (same architecture, same seeded init) → maximum 0
+    same = diswot_score(t, copy.deepcopy(t), batch, student_init="as_given")
+    assert abs(same["score"]) < 1e-9  # S = T (the teacher's own weights) → the maximum, 0
+    # the score reads the *trained* teacher: perturbing its weights moves it (it used to re-initialise them)
+    shaken = copy.deepcopy(t)
+    with torch.no_grad():
+        for p in shaken.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    a, b = diswot_score(t, TinyNet(4), batch)["score"], diswot_score(shaken, TinyNet(4), batch)["score"]
+    assert abs(a - b) > 1e-6
     rows = rank_students(t, {"w8": TinyNet(8), "w2": TinyNet(2), "w4": TinyNet(4)}, batch)
-    assert rows[0]["name"] == "w8" and [r["rank"] for r in rows] == [1, 2, 3]
+    assert [r["rank"] for r in rows] == [1, 2, 3] and rows[0]["score"] >= rows[-1]["score"]
     assert all(r["score"] <= 0 for r in rows)
     assert kendall_tau([1, 2, 3], [2, 4, 9]) == 1.0
     assert abs(spearman_rho([1, 2, 3], [3, 2, 1]) + 1.0) < 1e-12

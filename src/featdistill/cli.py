@@ -297,10 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="rank candidate students for a teacher without training them (DisWOT)")
     s.add_argument("teacher")
-    s.add_argument("candidates", nargs="+")
+    s.add_argument("candidates", nargs="*", help="zoo names to rank (or --space to search a declared space)")
     s.add_argument("--dataset", default="mnist5k")
     s.add_argument("--teacher-checkpoint", default=None)
     s.add_argument("--validate", action="store_true", help="also distil each candidate briefly and correlate")
+    s.add_argument(
+        "--space",
+        default=None,
+        help="YAML {model, choices: {arg: [values]}, max_params?}: evolutionary search instead of a list",
+    )
+    s.add_argument("--population", type=int, default=8, help="search population (with --space)")
+    s.add_argument("--cycles", type=int, default=24, help="search cycles: one scored child each (with --space)")
+    s.add_argument("--seed", type=int, default=0, help="search seed (with --space)")
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("methods", help="list the distillation recipes")

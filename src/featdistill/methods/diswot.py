@@ -122,15 +122,25 @@ def diswot_score(
     semantic: str = "class",
     teacher_path: str | None = None,
     student_path: str | None = None,
+    student_init: str = "gaussian",
 ) -> dict[str, float]:
-    """DisWOT score of one (teacher, candidate) pair: ``−(M_r + M_s)`` (higher is better; 0 is the maximum).
+    """DisWOT score of one (trained teacher, candidate) pair: ``−(M_r + M_s)`` (higher is better; 0 is the maximum).
 
-    Both networks are *copied* and re-initialised (:func:`gaussian_init`); inputs: one real mini-batch.
-    ``M_r`` compares the batch relation of the pre-GAP maps (last stage), ``M_s`` the class structure of the
-    classifier-weight gradients.  Returns ``{"score", "relation", "semantic"}``.
+    The teacher is used **with its trained weights** (copied, never re-initialised): DisWOT asks which
+    untrained student architecture already resembles the *trained* teacher's relations and semantics, so the
+    score must move when the teacher's weights do (tested). The candidate is training-free: a copy re-initialised
+    by :func:`gaussian_init` (``student_init="gaussian"``, the search setting) or taken as given (``"as_given"``).
+    Both are probed on one real mini-batch with batch statistics in BatchNorm (the candidate has no trained
+    running statistics; using the batch's on both keeps the two maps comparable). ``M_r`` compares the batch
+    relation of the pre-GAP maps (last stage), ``M_s`` the class structure of the classifier-weight gradients.
+    Returns ``{"score", "relation", "semantic"}``.
     """
-    t = gaussian_init(copy.deepcopy(teacher), seed)
-    s = gaussian_init(copy.deepcopy(student), seed)
+    if student_init not in ("gaussian", "as_given"):
+        raise ValueError(f"diswot_score: student_init must be 'gaussian' or 'as_given', got {student_init!r}")
+    t = copy.deepcopy(teacher)
+    s = copy.deepcopy(student)
+    if student_init == "gaussian":
+        gaussian_init(s, seed)
     for p in (*t.parameters(), *s.parameters()):  # a frozen teacher's copy must still give gradients
         p.requires_grad_(True)
     ft, gt = _probe(t, batch, teacher_path or _feature_path(t), t.classifier_path)
@@ -272,8 +282,13 @@ def run_search_cli(args: Any) -> int:
     c, size = x.shape[1], x.shape[-1]
     nc = len(train.classes)
 
-    def build(name: str) -> nn.Module:
-        return build_model(name, num_classes=nc, in_channels=c, image_size=size)
+    def build(name: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+        return build_model(name, num_classes=nc, in_channels=c, image_size=size, **dict(kwargs or {}))
+
+    if getattr(args, "space", None) is None and not args.candidates:
+        from featdistill.config import ConfigError
+
+        raise ConfigError("featdistill search: give candidate zoo names, or --space SPACE.yaml to search a space")
 
     teacher = build(args.teacher)
     if getattr(args, "teacher_checkpoint", None):
@@ -290,7 +305,41 @@ def run_search_cli(args: Any) -> int:
             teacher_ckpt = _train_validation_teacher(args.teacher, Path(tmp))
             load_weights(teacher, teacher_ckpt)
             teacher.eval()
+        if getattr(args, "space", None) is not None:
+            return _search_space(args, teacher, batch, build)
         return _rank_and_validate(args, teacher, teacher_ckpt, batch, build, Path(tmp))
+
+
+def _search_space(
+    args: Any, teacher: nn.Module, batch: dict[str, torch.Tensor], build: Callable[..., nn.Module]
+) -> int:
+    """``featdistill search TEACHER --space SPACE.yaml``: the evolutionary search, its best candidates printed."""
+    from featdistill.config import ConfigError
+    from featdistill.methods.diswot_search import evolutionary_search
+    from featdistill.yaml_safe import load_yaml_file
+
+    space = load_yaml_file(args.space)
+    if not isinstance(space, Mapping):
+        raise ConfigError(f"--space {args.space}: expected a mapping {{model, choices, max_params?}}, got {space!r}")
+    try:
+        out = evolutionary_search(
+            teacher, space, batch, build, population=args.population, cycles=args.cycles, seed=args.seed
+        )
+    except (ValueError, TypeError, KeyError) as err:  # a bad space or argument: one message, exit 2
+        raise ConfigError(f"--space {args.space}: {err}") from None
+    print(
+        f"DisWOT search for teacher {args.teacher} over {space['model']} ({out['scored']} candidates scored, "
+        f"{out['rejected']} over the parameter budget; one batch of {len(batch['target'])} {args.dataset} images)"
+    )
+    if not getattr(args, "teacher_checkpoint", None):
+        print("note: no --teacher-checkpoint: the teacher is untrained, so the scores say little (DisWOT compares")
+        print("      candidates with a *trained* teacher)")
+    print(f"{'rank':>4}  {'candidate':<36}{'score':>12}{'params':>10}")
+    rows = sorted(out["history"], key=lambda r: r["score"], reverse=True)
+    for i, r in enumerate(rows[:10]):
+        kw = ", ".join(f"{k}={v}" for k, v in r["kwargs"].items())
+        print(f"{i + 1:>4}  {space['model'] + '(' + kw + ')':<36}{r['score']:>12.4g}{r['params']:>10}")
+    return 0
 
 
 def _rank_and_validate(
