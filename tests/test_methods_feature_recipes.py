@@ -211,6 +211,17 @@ def test_dmae_shared_mask_masked_rec_and_truncated_teacher():
     assert 0 < cost["fraction"] < 0.3 and abs(cost["saved"] + cost["fraction"] - 1) < 1e-9
 
 
+def test_dmae_step_runs_under_bf16_autocast():
+    """The decoder mixes an fp32 mask token with autocast activations (it failed with a scatter dtype error)."""
+    torch.manual_seed(0)
+    d = Distiller(
+        MaskedViT(num_classes=5, embed_dim=16, depth=4), DMAE(), MaskedViT(num_classes=5, embed_dim=32, depth=4)
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, losses = d(make_batch(4, size=28))
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
 def test_dmae_runs_the_student_once_per_step_on_the_visible_patches_only():
     """The saving DMAE exists for: one masked student pass (the Distiller's), never a full-image pass beside it."""
     torch.manual_seed(0)

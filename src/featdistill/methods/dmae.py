@@ -144,7 +144,8 @@ class _Decoder(nn.Module):
     def forward(self, visible: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         b = visible.shape[0]
         v = self.embed(visible)
-        full = self.mask_token.expand(b, self.pos.shape[1], -1).clone()
+        # under autocast the Linear gives bf16/fp16 while the mask token stays fp32: scatter needs one dtype
+        full = self.mask_token.expand(b, self.pos.shape[1], -1).to(v.dtype).clone()
         full = full.scatter(1, keep[:, :, None].expand(-1, -1, v.shape[2]), v)
         return self.out(self.block(full + self.pos))
 
