@@ -33,8 +33,14 @@ def test_all_pairs_and_methods_present():
             assert f"{m}_{t}_{s}" in names
     for s in {s for _, s in PAIRS}:  # teacher-free recipes: one config per student
         assert f"tfkd_{s}" in names
-    for m in ("kd", "dkd", "nd", "fitnet", "at", "ofa", "crd"):
+    for m in ("kd", "dkd", "nd", "fitnet", "at", "ofa", "crd", "vid", "ft", "ofd", "reviewkd", "srd"):
         for t, s in PAIRS:
+            assert f"{m}_{t}_{s}" in names
+    for m in ("sp", "cc", "rkd", "pkt", "nst", "ickd", "fsp", "kdsvd", "ab"):
+        for t, s in PAIRS:  # FSP and KDSVD compare equal stage widths only: RepDistiller refuses resnet32x4 → shufflev2
+            if m in ("fsp", "kdsvd") and s == "shufflev2":
+                assert f"{m}_{t}_{s}" not in names
+                continue
             assert f"{m}_{t}_{s}" in names
 
 
