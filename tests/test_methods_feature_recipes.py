@@ -295,3 +295,19 @@ def test_cka_refuses_a_model_without_an_embedding_path_instead_of_using_its_logi
     d = Distiller(plain(), build_method("cka", student_paths=[""], teacher_paths=[""]), plain())
     _, losses = d({"input": torch.randn(8, 4), "target": torch.randint(0, 3, (8,))})
     assert 0.0 <= losses["cka"].item() <= 1.0
+
+
+def test_catalog_i_losses_keep_float64_precision():
+    """OFA's loss, mini-batch CKA and ND's given class means used to end in float32 (`.float()`)."""
+    from featdistill.methods import build_method
+    from featdistill.methods.ofa import ofa_loss
+
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = torch.arange(6) % 5
+    assert ofa_loss(zs, zt, y, eps=1.5).dtype == torch.float64
+    assert ofa_loss(zs.float(), zt.float(), y).dtype == torch.float32
+    xs = [torch.randn(8, 3, generator=g, dtype=torch.float64) for _ in range(2)]
+    assert minibatch_cka(xs, xs).dtype == torch.float64 and abs(minibatch_cka(xs, xs).item() - 1) < 1e-12
+    means = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    assert build_method("nd", class_means=means).class_means.dtype == torch.float64

@@ -110,6 +110,7 @@ def hsic_unbiased(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
 def minibatch_cka(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mini-batch linear CKA (Nguyen et al., ICLR 2021): unbiased HSIC averaged over batches, then normalised."""
     hxy = hxx = hyy = 0.0
+    out_dtype = torch.float64 if any(x.dtype == torch.float64 for x in (*xs, *ys)) else torch.float32
     for x, y in zip(xs, ys):
         x = x.reshape(x.shape[0], -1).double()
         y = y.reshape(y.shape[0], -1).double()
@@ -117,7 +118,8 @@ def minibatch_cka(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> tor
         hxy = hxy + hsic_unbiased(k, l_)
         hxx = hxx + hsic_unbiased(k, k)
         hyy = hyy + hsic_unbiased(l_, l_)
-    return torch.as_tensor(hxy / (hxx * hyy).clamp_min(1e-30).sqrt()).float()
+    # computed in float64; returned in the inputs' precision (float64 in → float64 out)
+    return torch.as_tensor(hxy / (hxx * hyy).clamp_min(1e-30).sqrt()).to(out_dtype)
 
 
 def default_cka_paths(model: nn.Module) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featdistill.losses._util import upcast
 from featdistill.losses.features import class_means as _class_means
 from featdistill.losses.features import nd_loss
 from featdistill.losses.logits import dkd_loss, kd_loss
@@ -73,7 +74,9 @@ class _NDBase(Method):
         self.student_path, self.teacher_path = student_path, teacher_path
         self.temperature, self.dropout = temperature, dropout
         self.register_buffer(
-            "class_means", None if class_means is None else torch.as_tensor(class_means).float().clone()
+            # given means keep their precision (float64 stays float64); half precision is upcast
+            "class_means",
+            None if class_means is None else upcast(torch.as_tensor(class_means)).clone(),
         )
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:

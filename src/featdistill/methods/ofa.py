@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featdistill.losses._util import as_target, upcast
 from featdistill.methods._util import infer_embedding_dim
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.taps import TapSpec
@@ -24,8 +25,8 @@ def ofa_target(
     num_classes = teacher_logits.shape[1]
     if target.is_floating_point():
         target = target.argmax(dim=1)
-    mask = F.one_hot(target.long(), num_classes).to(teacher_logits.dtype)
-    p_t = F.softmax(teacher_logits.float() / temperature, dim=1)
+    mask = F.one_hot(target.long(), num_classes).to(as_target(teacher_logits).dtype)
+    p_t = F.softmax(as_target(teacher_logits) / temperature, dim=1)  # float64 stays float64
     return (p_t + mask).pow(eps) - mask
 
 
@@ -43,7 +44,7 @@ def ofa_loss(
     ``log_softmax`` replaces the official ``log(softmax)`` for stability.
     """
     t = ofa_target(teacher_logits, target, eps, temperature)
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_s = F.log_softmax(upcast(student_logits) / temperature, dim=1)
     return -(t * log_p_s).sum(dim=1).mean()
 
 
