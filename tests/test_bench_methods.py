@@ -60,8 +60,8 @@ def test_default_suite_configs_cover_every_registered_method(tmp_path):
     assert rows["cnn:ab"][0].method.params["init_epochs"] == 1 and rows["cnn:ft"][0].method.params["init_epochs"] == 1
     assert rows["cnn:fsp"][0].method.params["init_epochs"] == 1 and rows["cnn:sskd"][0].method.params["t_epochs"] == 1
     assert rows["cnn:dkd"][0].method.weights["dkd"] == {"value": 1.0, "warmup": 0.25}
-    assert rows["cnn:pela"][0].student.class_path == "featdistill.bench.methods:pela_student"
-    assert rows["cnn:mealv2"][0].teacher.class_path == "featdistill.bench.methods:teacher_ensemble"
+    assert rows["cnn:pela"][0].student.class_path == "featdistill.methods.pela:pela_student"
+    assert rows["cnn:mealv2"][0].teacher.class_path == "featdistill.methods.mealv2:teacher_ensemble"
     assert rows["vit:dmae"][0].student.class_path == "featdistill.methods.dmae:MaskedViT"
 
 

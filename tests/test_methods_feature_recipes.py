@@ -311,3 +311,22 @@ def test_catalog_i_losses_keep_float64_precision():
     assert minibatch_cka(xs, xs).dtype == torch.float64 and abs(minibatch_cka(xs, xs).item() - 1) < 1e-12
     means = torch.randn(5, 4, generator=g, dtype=torch.float64)
     assert build_method("nd", class_means=means).class_means.dtype == torch.float64
+
+
+def test_pela_student_and_mealv2_ensemble_are_buildable_from_a_yaml_class_path(tmp_path):
+    from safetensors.torch import save_file
+
+    from featdistill.components import import_object
+    from featdistill.methods.mealv2 import TeacherEnsemble
+    from featdistill.methods.pela import count_parameters
+    from featdistill.models import build_model
+
+    teacher = build_model("resnet8", num_classes=10, in_channels=1, image_size=28)
+    save_file(teacher.state_dict(), tmp_path / "t.safetensors")
+    base = {"model": "resnet8", "checkpoint": str(tmp_path / "t.safetensors")}
+    low = import_object("featdistill.methods.pela:pela_student")(base=base, ratio=4.0)
+    assert count_parameters(low) < count_parameters(teacher)
+    ens = import_object("featdistill.methods.mealv2:teacher_ensemble")(members=[base, {"model": "resnet8"}])
+    assert isinstance(ens, TeacherEnsemble) and ens(torch.randn(2, 1, 28, 28)).shape[-1] == 10
+    with pytest.raises(ValueError, match="at least one member"):
+        import_object("featdistill.methods.mealv2:teacher_ensemble")(members=[])

@@ -14,10 +14,11 @@ Protocol (the same for every row):
   ``data.train``/``data.test`` dataset of this module, the digit being LELP's hidden subclass);
 * teachers: trained per seed by a ``run_experiment`` teacher step (6 epochs) and loaded by ``teacher.checkpoint``;
   MEAL V2's two-teacher ensemble (resnet20 + resnet14) and PELA's low-rank student (a low-rank copy of the trained
-  resnet20 teacher) are ``class_path`` components of this module (:func:`teacher_ensemble`, :func:`pela_student`)
-  — expressible from YAML today, as any user's own component is;
+  resnet20 teacher) are the library's ``class_path`` components (:func:`featdistill.methods.mealv2.teacher_ensemble`,
+  :func:`featdistill.methods.pela.pela_student`) — the same YAML a user writes;
 * budget: 3 epochs; SGD (momentum 0.9, nesterov, wd 5e-4, lr 0.05, cosine, ``precision: auto``) for CNNs, AdamW
-  (lr 1e-3, wd 0.05, cosine, fp32: DMAE fails under bf16 autocast) for ViTs; warm-ups scaled to the budget
+  (lr 1e-3, wd 0.05, cosine, fp32 — kept from when DMAE failed under bf16 autocast, fixed since) for ViTs;
+  warm-ups scaled to the budget
   (DKD / ND warm-up 20 of 240 epochs → 1/12 of the budget); recipes with a pre-training stage (AB / FSP
   initialisation, FT's paraphraser, SSKD's rotation head) get one epoch of it via their params, CRD 1,024
   negatives (3,500 samples, not 50,000);
@@ -64,13 +65,12 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from featdistill.bench import markdown_table, register_suite, write_atomic
 
@@ -102,40 +102,10 @@ _MNIST = {"num_classes": 10, "in_channels": 1, "image_size": 28}
 # ------------------------------------------------------------------------------------------------------
 
 
-def _zoo(section: Mapping[str, Any], num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    from featdistill.components import load_weights
-    from featdistill.models import build_model
-
-    m = build_model(
-        section["model"],
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-        **dict(section.get("kwargs", {})),
-    )
-    if section.get("checkpoint"):
-        load_weights(m, section["checkpoint"])
-    return m
-
-
-def teacher_ensemble(
-    members: Sequence[Mapping[str, Any]], num_classes: int = 10, in_channels: int = 1, image_size: int = 28
-) -> nn.Module:
-    """MEAL V2's teachers as one module (:class:`~featdistill.methods.mealv2.TeacherEnsemble`) from zoo sections
-    ``[{model, kwargs?, checkpoint?}, …]``; a ``teacher.checkpoint`` of the whole ensemble may load over it."""
-    from featdistill.methods.mealv2 import TeacherEnsemble
-
-    return TeacherEnsemble([_zoo(m, num_classes, in_channels, image_size) for m in members])
-
-
-def pela_student(
-    base: Mapping[str, Any], ratio: float = 4.0, num_classes: int = 10, in_channels: int = 1, image_size: int = 28
-) -> nn.Module:
-    """PELA's student: :func:`~featdistill.methods.pela.low_rank_copy` of a trained zoo model ``{model,
-    checkpoint}`` (the teacher) at ``ratio``."""
-    from featdistill.methods.pela import low_rank_copy
-
-    return low_rank_copy(_zoo(base, num_classes, in_channels, image_size), ratio=float(ratio))[0]
+# MEAL V2's ensemble and PELA's low-rank student are library components (YAML: ``class_path``):
+# :func:`featdistill.methods.mealv2.teacher_ensemble`, :func:`featdistill.methods.pela.pela_student`
+from featdistill.methods.mealv2 import teacher_ensemble  # noqa: E402
+from featdistill.methods.pela import pela_student  # noqa: E402
 
 
 def mnist5k_parity(split: str = "train", test_size: int | None = None) -> Any:
@@ -427,7 +397,10 @@ def row_config(row: Row, work: Path, seed: int, budget: Budget, value: Any = Non
     student = copy.deepcopy(t.student)
     if spec.student == "pela":
         base = {**t.teacher, "checkpoint": _ckpt(work, row.track, seed)}
-        student = {"class_path": f"{_HERE}:pela_student", "init_args": {"base": base, "ratio": 4.0, **_MNIST}}
+        student = {
+            "class_path": "featdistill.methods.pela:pela_student",
+            "init_args": {"base": base, "ratio": 4.0, **_MNIST},
+        }
     teacher_kind = spec.teacher or ("track" if METHODS[row.method].needs_teacher else "none")
     raw: dict[str, Any] = {
         "experiment": f"methods-{row.track}-{row.method}",
@@ -443,7 +416,7 @@ def row_config(row: Row, work: Path, seed: int, budget: Budget, value: Any = Non
     elif teacher_kind == "ensemble":
         members = [{**t.teacher}, {**_SECOND_TEACHER}]
         raw["teacher"] = {
-            "class_path": f"{_HERE}:teacher_ensemble",
+            "class_path": "featdistill.methods.mealv2:teacher_ensemble",
             "init_args": {"members": members, **_MNIST},
             "checkpoint": _ckpt(work, row.track, seed, "ensemble"),
         }
@@ -848,8 +821,9 @@ def _markdown(
     lines += [
         "Not rows: "
         + "; ".join(f"`{k}` — {v}" for k, v in skipped.items())
-        + ". MEAL V2's ensemble and PELA's low-rank student are `class_path` components of `featdistill.bench."
-        "methods` (`teacher_ensemble`, `pela_student`), DMAE's ViTs `featdistill.methods.dmae:MaskedViT`.",
+        + ". MEAL V2's ensemble and PELA's low-rank student are `class_path` components "
+        "(`featdistill.methods.mealv2:teacher_ensemble`, `featdistill.methods.pela:pela_student`), DMAE's ViTs "
+        "`featdistill.methods.dmae:MaskedViT`.",
         "",
         f"Suite wall time: {seconds:.0f} s{' (quick)' if quick else ''}.",
     ]

@@ -14,7 +14,7 @@ from featdistill.losses.logits import soft_target_ce
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.taps import TapSpec
 
-__all__ = ["MEALV2", "TeacherEnsemble", "LogitDiscriminator"]
+__all__ = ["MEALV2", "TeacherEnsemble", "LogitDiscriminator", "teacher_ensemble", "zoo_member"]
 
 
 class TeacherEnsemble(nn.Module):
@@ -122,3 +122,31 @@ class MEALV2(Method):
         else:
             out["disc"] = z_s.new_zeros(())
         return out
+
+
+def zoo_member(section: Mapping[str, Any], num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """A zoo model from a config-like section ``{model, kwargs?, checkpoint?}`` (weights loaded safely)."""
+    from featdistill.components import load_weights
+    from featdistill.models import build_model
+
+    m = build_model(
+        section["model"],
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        **dict(section.get("kwargs", {})),
+    )
+    if section.get("checkpoint"):
+        load_weights(m, section["checkpoint"])
+    return m
+
+
+def teacher_ensemble(
+    members: Sequence[Mapping[str, Any]], num_classes: int = 10, in_channels: int = 1, image_size: int = 28
+) -> nn.Module:
+    """MEAL V2's teachers as one module from zoo sections ``[{model, kwargs?, checkpoint?}, …]`` — what a YAML
+    ``teacher: {class_path: featdistill.methods.mealv2:teacher_ensemble, init_args: {members: [...]}}`` builds;
+    a ``teacher.checkpoint`` of the whole ensemble may load over it."""
+    if not members:
+        raise ValueError("teacher_ensemble: give at least one member {model, kwargs?, checkpoint?}")
+    return TeacherEnsemble([zoo_member(m, num_classes, in_channels, image_size) for m in members])

@@ -22,6 +22,7 @@ __all__ = [
     "LowRankConv2d",
     "low_rank_rank",
     "low_rank_copy",
+    "pela_student",
     "count_parameters",
     "inf_norm_penalty",
 ]
@@ -215,3 +216,14 @@ class PELA(Method):
         else:
             out["inf"] = feat.new_zeros(())
         return out
+
+
+def pela_student(
+    base: Mapping[str, Any], ratio: float = 4.0, num_classes: int = 10, in_channels: int = 1, image_size: int = 28
+) -> nn.Module:
+    """PELA's student from YAML: :func:`low_rank_copy` of a trained zoo model ``{model, kwargs?, checkpoint}``
+    (the teacher) at ``ratio`` — ``student: {class_path: featdistill.methods.pela:pela_student, init_args: {base:
+    {model: resnet20, checkpoint: T.safetensors}, ratio: 4}}``."""
+    from featdistill.methods.mealv2 import zoo_member
+
+    return low_rank_copy(zoo_member(base, num_classes, in_channels, image_size), ratio=float(ratio))[0]
