@@ -35,10 +35,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     if args.run_dir:
         cfg = cfg.model_copy(update={"run_dir": args.run_dir})
+    from featdistill.errors import StartupGuard
     from featdistill.train.distributed import cleanup_distributed
 
+    guard = StartupGuard("the run")  # a value that only fails while objects are built → one message, not a traceback
     try:
-        res = run_experiment(cfg, resume=args.resume)
+        with guard.watch():
+            res = run_experiment(cfg, resume=args.resume, callbacks=[guard])
     finally:
         cleanup_distributed()  # under torchrun: leave the process group cleanly
     if os.environ.get("RANK", "0") == "0":  # one report per job, not one per process

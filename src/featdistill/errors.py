@@ -8,11 +8,13 @@ Two kinds of failure reach the command line:
 - **internal errors** — everything else: the CLI shows the traceback (it is a bug to report).
 
 Between the two sit values that pass every schema check and only fail inside a constructor or the first
-forward pass (``width: 0``, a negative temperature, ``betas`` outside [0, 1), an unloadable checkpoint): a
-plain ``ValueError``/``RuntimeError`` from torch or a model.  :class:`StartupGuard` turns such an error into a
+forward pass (``width: 0``, a negative temperature, an unloadable checkpoint): a plain
+``ValueError``/``RuntimeError`` from torch or a model.  :class:`StartupGuard` (used by the CLI's ``train`` and
+``cache``; the Python API raises the original error) turns such an error into a
 :class:`~featdistill.config.ConfigError` **only while the job has not started** (before the first optimiser
 step of a run, before the first shard of a store build) — the phase where the config is what is being turned
-into objects — naming the phase and the original error; once the job runs, errors stay internal.  The cause is
+into objects — naming the section being built (:func:`phase`, else the innermost builder on the error's stack)
+and the original error; once the job runs, errors stay internal.  The cause is
 chained, so ``featdistill --debug …`` (or ``FEATDISTILL_DEBUG=1``) shows the full traceback either way.
 """
 
@@ -32,6 +34,33 @@ _PHASE: contextvars.ContextVar[str] = contextvars.ContextVar("featdistill_setup_
 def phase(text: str) -> None:
     """Name what is being built from the config now (``"the student (student.*)"``), for a StartupGuard message."""
     _PHASE.set(text)
+
+
+#: what a run is building when the error comes from inside these functions (``featdistill.run``, the Trainer)
+_BUILDERS = {
+    "build_data": "the data (data.*)",
+    "build_teacher": "the teacher (teacher.*)",
+    "build_method": "the method (method.*)",
+    "fit_data": "the method's pass over the data (method.*)",
+    "fit": "the first training step (train.*, method.params, data.augment)",
+}
+
+
+def _phase_from_traceback(err: BaseException) -> str:
+    """The innermost known builder on the error's stack (``build_model`` names its role: student / teacher)."""
+    found = ""
+    tb = err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        name = frame.f_code.co_name
+        if frame.f_globals.get("__name__", "").startswith("featdistill."):
+            if name == "build_model" and frame.f_locals.get("role") in ("student", "teacher"):
+                role = frame.f_locals["role"]
+                found = f"the {role} ({role}.*)"
+            elif name in _BUILDERS:
+                found = _BUILDERS[name]
+        tb = tb.tb_next
+    return found
 
 
 #: errors that, raised while a job is being set up, are taken for a consequence of its config
@@ -111,7 +140,8 @@ class StartupGuard:
                 raise
             from featdistill.config import ConfigError
 
-            where = f" while building {_PHASE.get()}" if _PHASE.get() else ""
+            building = _PHASE.get() or _phase_from_traceback(err)
+            where = f" while building {building}" if building else ""
             raise ConfigError(
                 f"{self.what} could not start{where}: {type(err).__name__}: {_first_line(err)} — a config value "
                 "that passed the checks fails here; fix it, or rerun with --debug for the traceback"
