@@ -213,3 +213,47 @@ def test_hidden_refuses_a_map_outside_the_blocks_and_half_given_paths():
 
 def nn_linear():
     return torch.nn.Sequential(torch.nn.Linear(4, 3))
+
+
+# -- a tokenizer mismatch is refused ------------------------------------------------------------------------
+
+
+def _save_model_with_tokenizer(folder, texts):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, tokenizers.trainers.BpeTrainer(vocab_size=40, special_tokens=["<unk>"]))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=40, n_embd=8, n_layer=1, n_head=2))
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def test_teacher_and_student_with_different_saved_tokenizers_are_refused(tmp_path):
+    from featdistill.components import check_same_tokenizer, tokenizer_fingerprint
+    from featdistill.config import ConfigError, parse_config
+    from featdistill.run import run_experiment
+
+    a = _save_model_with_tokenizer(tmp_path / "a", ["the cat sat on the mat"] * 5)
+    b = _save_model_with_tokenizer(tmp_path / "b", ["colourless green ideas sleep furiously"] * 5)
+    same = tmp_path / "same"
+    same.mkdir()
+    for f in a.iterdir():
+        (same / f.name).write_bytes(f.read_bytes())
+    cfg = parse_config(
+        {
+            "data": {"name": "pystdlib-lm", "kwargs": {"seq_len": 16, "max_chars": 20_000, "vocab_size": 300}},
+            "student": {"hf": {"path": str(a)}},
+            "teacher": {"hf": {"path": str(b)}},
+            "method": {"name": "kd"},
+            "run_dir": str(tmp_path / "run"),
+        }
+    )
+    assert tokenizer_fingerprint(cfg.student) != tokenizer_fingerprint(cfg.teacher) is not None
+    with pytest.raises(ConfigError, match="different tokenizers"):
+        run_experiment(cfg, progress=False)
+    assert not (tmp_path / "run" / "student.safetensors").exists()
+    ok = parse_config({**cfg.model_dump(mode="json"), "teacher": {"hf": {"path": str(same)}}})
+    check_same_tokenizer(ok.student, ok.teacher)  # the same files: accepted

@@ -29,8 +29,13 @@ __all__ = [
     "build_hf_model",
     "load_weights",
     "sha256_file",
+    "check_same_tokenizer",
+    "tokenizer_fingerprint",
     "HF_AUTO_CLASSES",
 ]
+
+#: the files a saved Hugging Face tokenizer is made of (fast tokenizer, BPE, SentencePiece, WordPiece)
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "vocab.txt", "spiece.model")
 
 #: the Auto class a task's Hugging Face model is built with (override with ``hf.auto``)
 HF_AUTO_CLASSES = {
@@ -169,6 +174,39 @@ def build_hf_model(
         return auto.from_config(config)
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{where}.hf.config: cannot build a {model_type!r} {auto_name} ({err})") from None
+
+
+def tokenizer_fingerprint(mc: ModelConfig) -> str | None:
+    """sha256 over the tokenizer files saved in a model's ``hf.path`` folder (``None`` when it ships none)."""
+    if mc.hf is None or mc.hf.path is None:
+        return None
+    folder = Path(mc.hf.path)
+    files = [folder / name for name in _TOKENIZER_FILES if (folder / name).is_file()]
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def check_same_tokenizer(student: ModelConfig, teacher: ModelConfig) -> None:
+    """Refuse a teacher and a student whose saved tokenizers differ.
+
+    Why refuse rather than try: token distillation compares the two models' distributions position by
+    position and id by id; with two vocabularies, id ``i`` names different strings, so the loss would be a
+    silent wrong number (cross-tokenizer KD needs an alignment this library does not attempt). Both models
+    read the same ``input_ids`` here, so they must share one tokenizer; models built from ``hf.config`` take
+    the dataset's tokenizer and always agree."""
+    s, t = tokenizer_fingerprint(student), tokenizer_fingerprint(teacher)
+    if s is not None and t is not None and s != t:
+        assert student.hf is not None and teacher.hf is not None
+        raise ConfigError(
+            f"teacher.hf.path = {teacher.hf.path!r} and student.hf.path = {student.hf.path!r} ship different "
+            "tokenizers: cross-tokenizer distillation is not supported (token ids would not name the same "
+            "strings, so per-token KD would compare unrelated tokens); use a student that shares the "
+            "teacher's tokenizer"
+        )
 
 
 def _data_defaults(fn: Any, info: Mapping[str, Any] | None, given: Mapping[str, Any]) -> dict[str, Any]:

@@ -232,6 +232,9 @@ def build_teacher(cfg: ExperimentConfig, train_set, augmenter, num_classes: int 
             "(train one with `featdistill train` and point teacher.checkpoint at its student.safetensors, or give "
             "a trained Hugging Face folder as teacher.hf.path)"
         )
+    from featdistill.components import check_same_tokenizer
+
+    check_same_tokenizer(cfg.student, t)
     model = build_model(t, meta, cfg.seed, "teacher")
     return model, model
 
