@@ -91,7 +91,7 @@ def _pair_rows(task: str, spec: dict[str, Any], work: Path, quick: bool) -> list
     from featdistill.cache import build_store_from_config, store_info
 
     data = {**spec["data"], "val_fraction": 0.1}
-    epochs, rounds = (2, 1) if quick else (int(spec.get("epochs", 3)), 5)
+    epochs, rounds = (2, 1) if quick else (int(spec.get("epochs", 3)), 7)
     if quick and "subset" not in data:
         data["subset"] = 256
     teacher_run = _run(
