@@ -73,6 +73,23 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """The zoo: every registered model name with the first line of its docstring (what ``model:`` accepts)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from featdistill.models import MODELS
+
+    table = Table(title="featdistill models (zoo; your own: class_path: 'pkg.mod:Name')")
+    table.add_column("model")
+    table.add_column("what it is")
+    for name in sorted(MODELS):
+        doc = (MODELS[name].__doc__ or "").strip().splitlines()
+        table.add_row(name, doc[0] if doc else "")
+    Console().print(table)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from featdistill.demo import run_demo
 
@@ -319,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("tasks", help="list the tasks (prediction, loss, metric) and the methods each accepts")
     s.set_defaults(func=cmd_tasks)
+
+    s = sub.add_parser("models", help="list the zoo's model names (what a config's model: accepts)")
+    s.set_defaults(func=cmd_models)
     return p
 
 

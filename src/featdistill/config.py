@@ -148,7 +148,7 @@ class ModelConfig(_Strict):
     """A network: a zoo name (``model`` + ``kwargs``), your own class (``class_path`` + ``init_args``) or a
     Hugging Face model (``hf``); optional weights; ``output`` selects the prediction from its output."""
 
-    model: str | None = Field(None, description="zoo model name (featdistill inspect --list)")
+    model: str | None = Field(None, description="zoo model name (featdistill models)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     class_path: str | None = Field(None, description="your own nn.Module, 'package.module:Name' (runs that code)")
     init_args: dict[str, Any] = Field(default_factory=dict)
@@ -167,7 +167,7 @@ class ModelConfig(_Strict):
             raise ValueError(
                 "unknown model"
                 + (f"; did you mean {', '.join(close)}?" if close else "")
-                + " (featdistill inspect --list shows the zoo; your own class: class_path: 'pkg.mod:Name')"
+                + " (`featdistill models` lists the zoo; your own class: class_path: 'pkg.mod:Name')"
             )
         return v
 

@@ -610,8 +610,8 @@ class Trainer:
         metrics_path = self.run_dir / "metrics.jsonl"
         if not self.resume and (ckpt.list_checkpoints(self.run_dir) or metrics_path.exists()):
             raise FileExistsError(
-                f"{self.run_dir} already holds a run (metrics.jsonl / checkpoints); pass resume=True to "
-                "continue it or choose a new run directory"
+                f"{self.run_dir} already holds a run (metrics.jsonl / checkpoints); continue it with "
+                "`featdistill train CONFIG --resume` (resume=True in Python) or choose a new run directory"
             )
         steps = self._check_steps()
         self._prepare_model()
