@@ -418,8 +418,12 @@ def test_config_roundtrip_through_run_functions(tmp_path) -> None:
     path = run_condense_config(cfg)
     syn = SyntheticSet.load(path)
     assert syn.images.shape == (10, 1, 8, 8) and syn.metadata["config"]["method"] == "dm"
-    rep = run_condense_eval(path, "digits", num_nets=1, epochs=1, baselines=[], robust_scores=False)
+    rep = run_condense_eval(path, None, num_nets=1, epochs=1, baselines=[], robust_scores=False)  # the set's own
     assert len(rep["synthetic"]["accs"]) == 1 and rep["protocol"]["backbone_kwargs"] == NET_KW
+    from featdistill.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\(1, 8, 8\) but 'mnist5k' has \(1, 28, 28\).*--dataset digits"):
+        run_condense_eval(path, "mnist5k", num_nets=1, epochs=1)  # crashed after 29 s with a matmul error
     with pytest.raises(ValueError, match="unknown method"):
         CondenseConfig.model_validate({**cfg, "method": "kip"})
     with pytest.raises(ValueError, match="extra"):

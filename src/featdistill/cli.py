@@ -18,6 +18,17 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--epochs -5`` is refused with the value, not accepted)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from featdistill.errors import user_error_types
 
@@ -174,7 +185,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
             raise FileNotFoundError("usage: featdistill condense eval SYNTHETIC.safetensors [--dataset NAME]")
         store = None if args.label_store == "none" else args.label_store
         res = condense.run_condense_eval(
-            args.rest[0], dataset=args.dataset or "mnist5k", label_store=store, num_nets=args.nets, epochs=args.epochs
+            args.rest[0], dataset=args.dataset, label_store=store, num_nets=args.nets, epochs=args.epochs
         )
         for k, v in res.items():
             print(f"{k}: {v}")
@@ -303,10 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="CONFIG.yaml, or the word eval or relabel")
     s.add_argument("rest", nargs="*")
     s.add_argument("--set", action="append", metavar="KEY=VALUE")
-    s.add_argument("--dataset", default=None, help="eval: test/baseline data (default mnist5k); relabel: train set")
+    s.add_argument(
+        "--dataset", default=None, help="eval: test/baseline data (default: the set's own); relabel: train set"
+    )
     s.add_argument("--out", default=None, help="relabel: where the relabelled set goes")
-    s.add_argument("--nets", type=int, default=3)
-    s.add_argument("--epochs", type=int, default=300)
+    s.add_argument("--nets", type=_positive_int, default=3)
+    s.add_argument("--epochs", type=_positive_int, default=300)
     s.add_argument(
         "--label-store",
         default="auto",

@@ -74,13 +74,13 @@ class EvalConfig(BaseModel):
     """:class:`EvalProtocol` fields; see its docstring for meanings and defaults."""
 
     model_config = ConfigDict(extra="forbid")
-    num_nets: int = 5
-    epochs: int = 300
-    lr: float = 0.01
+    num_nets: int = Field(5, ge=1, description="fresh networks trained on the set (0 would report NaN)")
+    epochs: int = Field(300, ge=1)
+    lr: float = Field(0.01, gt=0, allow_inf_nan=False)
     use_learned_lr: bool = True
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    batch_size: int = 256
+    batch_size: int = Field(256, ge=1)
     decay_at: float = 0.5
     decay_factor: float = 0.1
     dsa: bool = True
@@ -90,8 +90,8 @@ class EvalConfig(BaseModel):
     baselines: list[Literal["random", "herding"]] = Field(default_factory=lambda: ["random", "herding"])
     robust_scores: bool = True
     full_data_acc: float | None = None
-    full_epochs: int = 20
-    full_nets: int = 1
+    full_epochs: int = Field(20, ge=1)
+    full_nets: int = Field(1, ge=1)
     w: float = 0.5
     gamma: float = 0.5
     lr_grid: list[float] | None = None
@@ -109,15 +109,16 @@ class CondenseConfig(BaseModel):
     backbone: str = "convnet"
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict)
     iterations: int | None = Field(default=None, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     init: Literal["real", "noise", "herding", "representative"] | None = None
-    lr_img: float | None = None
-    momentum_img: float = 0.5
+    # a finite, positive step: `.nan` or 1e30 used to write a set of NaN images and exit 0
+    lr_img: float | None = Field(default=None, gt=0, le=1e4, allow_inf_nan=False)
+    momentum_img: float = Field(0.5, ge=0, lt=1)
     batch_real: int | None = Field(default=None, ge=1)
     dsa: bool | None = None
     dsa_strategy: str | None = None
     fyi: bool = False
-    budget_s: float | None = None
+    budget_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     device: str = "cpu"
     method_kwargs: dict[str, Any] = Field(default_factory=dict)
     soft_label_teacher: TeacherConfig | None = None
@@ -254,15 +255,25 @@ def run_condense_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> Pa
     return path
 
 
+def _recorded_dataset(name: Any) -> str | None:
+    """The registry name of the dataset a set records (``digits-train`` → ``digits``)."""
+    if not isinstance(name, str) or not name:
+        return None
+    return name[: -len("-train")] if name.endswith("-train") else name
+
+
 def run_condense_eval(
     synthetic_path: str | Path,
-    dataset: str,
+    dataset: str | None,
     data_root: str | None = None,
     out: str | Path | None = None,
     label_store: str | Path | None = "auto",
     **protocol_kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate a saved synthetic set on ``dataset``'s test split (baselines from its train split).
+
+    ``dataset=None`` uses the dataset the set records (``metadata["dataset"]``; ``mnist5k`` for sets that record
+    none); a dataset whose images do not have the set's shape is refused, naming both.
 
     ``protocol_kwargs`` are :class:`EvalProtocol` fields (validated through :class:`EvalConfig`); the
     backbone defaults to the one the set was condensed with. ``label_store``: ``"auto"`` uses the teacher store
@@ -281,7 +292,18 @@ def run_condense_eval(
         kw["backbone_kwargs"] = syn.metadata.get("backbone_kwargs", {})
     kw["baselines"] = tuple(kw["baselines"])
     kw["lr_grid"] = tuple(kw["lr_grid"]) if kw["lr_grid"] else None
+    recorded_ds = _recorded_dataset(syn.metadata.get("dataset"))
+    dataset = dataset or recorded_ds or "mnist5k"
     train, test = load_dataset(dataset, data_root)
+    if tuple(syn.images.shape[1:]) != tuple(train.images.shape[1:]):
+        from featdistill.config import ConfigError
+
+        raise ConfigError(
+            f"{synthetic_path}: the synthetic images are {tuple(syn.images.shape[1:])} but {dataset!r} has "
+            f"{tuple(train.images.shape[1:])} images (the set was condensed on "
+            f"{recorded_ds or 'an unrecorded dataset'}); "
+            f"evaluate it on its own dataset (--dataset {recorded_ds or 'NAME'})"
+        )
     note = None
     if label_store == "auto":
         from featdistill.cache.format import MANIFEST
