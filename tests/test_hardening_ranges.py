@@ -37,3 +37,32 @@ def test_eval_protocol_refuses_zero_nets_and_the_cli_refuses_non_positive_counts
     with pytest.raises(SystemExit) as stop:
         main(["condense", "eval", "syn.safetensors", "--epochs", "-5"])
     assert stop.value.code == 2 and "expected an integer >= 1, got -5" in capsys.readouterr().err
+
+
+def test_resume_refuses_any_setting_that_changes_the_numbers_and_names_it(tmp_path):
+    from featdistill.config import ConfigError, parse_config
+    from featdistill.run import run_experiment
+
+    raw = {
+        "data": {"name": "digits", "batch_size": 128},
+        "student": {"model": "mlp"},
+        "train": {"epochs": 1, "precision": "fp32", "progress": False},
+        "run_dir": str(tmp_path / "run"),
+    }
+    run_experiment(parse_config(raw), progress=False)
+    saved = (tmp_path / "run" / "config.yaml").read_bytes()
+    for change, key in [
+        ({"seed": 1}, "seed: 0 -> 1"),
+        ({"data": {**raw["data"], "batch_size": 64}}, "data.batch_size: 128 -> 64"),
+        ({"data": {**raw["data"], "val_fraction": 0.2}}, "data.val_fraction"),
+        ({"data": {**raw["data"], "augment": {"pad_crop": 1}}}, "data.augment.pad_crop"),
+        ({"student": {"model": "mlp", "kwargs": {"hidden": [32]}}}, "student.kwargs.hidden"),
+    ]:
+        with pytest.raises(ConfigError, match=key.replace("(", r"\(").replace(")", r"\)")):
+            run_experiment(parse_config({**raw, **change}), resume=True, progress=False)
+        assert (tmp_path / "run" / "config.yaml").read_bytes() == saved  # nothing rewritten
+    # a speed-only key may change: the finished run resumes to the same result
+    again = run_experiment(
+        parse_config({**raw, "data": {**raw["data"], "num_workers": 0}}), resume=True, progress=False
+    )
+    assert again.test_primary is not None

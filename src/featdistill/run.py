@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,6 +308,53 @@ class _WriteConfig:
         self._write()
 
 
+#: config sections that do not change a run's numbers (the Trainer compares ``train.*`` itself, with its own list)
+_RESUME_IRRELEVANT = ("run_dir", "experiment", "train")
+#: keys that change speed, not numbers (DataLoader workers render the same planned batches)
+_RESUME_IRRELEVANT_KEYS = frozenset({"data.num_workers"})
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: value}
+
+
+def check_resume_matches(cfg: ExperimentConfig, saved_path: Path) -> None:
+    """Refuse to resume a run whose saved ``config.yaml`` differs in anything that changes the numbers — seed,
+    data (augmentation, batch size, split, subset, views), task, models, teacher, method — naming each key.
+
+    Why here and not only in the Trainer: its checkpoint records ``train.*``; a resume with another
+    ``data.batch_size`` or ``seed`` would otherwise continue "exactly" on a different trajectory."""
+    from featdistill.yaml_safe import load_yaml_file
+
+    saved = load_yaml_file(saved_path)
+    if not isinstance(saved, Mapping):
+        raise ConfigError(f"{saved_path} is not a featdistill config (cannot compare it for --resume)")
+    now = cfg.model_dump(mode="json")
+
+    def relevant(key: str) -> bool:
+        return (
+            key.split(".")[0] not in _RESUME_IRRELEVANT
+            and key not in _RESUME_IRRELEVANT_KEYS
+            and not key.endswith("display_name")
+        )
+
+    a = {k: v for k, v in _flatten(saved).items() if relevant(k)}
+    b = {k: v for k, v in _flatten(now).items() if relevant(k)}
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diff:
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:8])
+        more = f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""
+        raise ConfigError(
+            f"cannot resume {saved_path.parent}: the config differs from the run's in what changes the numbers "
+            f"({shown}{more}); restore those values, or start a new run directory (--run-dir)"
+        )
+
+
 def _run_experiment(cfg: ExperimentConfig, resume: bool, progress: bool | None, callbacks: Sequence[Any]) -> RunResult:
     from featdistill.distiller import Distiller
     from featdistill.methods import build_method
@@ -331,6 +378,8 @@ def _run_experiment(cfg: ExperimentConfig, resume: bool, progress: bool | None, 
                 "`featdistill train CONFIG --resume` (resume=True in Python) or choose a new run directory "
                 "(--run-dir)"
             )
+        if resume and (run_dir / "config.yaml").is_file():
+            check_resume_matches(cfg, run_dir / "config.yaml")
 
     num_views = None
     if cfg.teacher is not None and cfg.teacher.source == "store":
