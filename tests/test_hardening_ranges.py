@@ -66,3 +66,12 @@ def test_resume_refuses_any_setting_that_changes_the_numbers_and_names_it(tmp_pa
         parse_config({**raw, "data": {**raw["data"], "num_workers": 0}}), resume=True, progress=False
     )
     assert again.test_primary is not None
+
+
+def test_a_subset_smaller_than_the_class_count_is_refused(tmp_path):
+    from featdistill.config import ConfigError, parse_config
+    from featdistill.run import run_experiment
+
+    cfg = parse_config({"data": {"name": "digits", "subset": 5}, "student": {"model": "mlp"}, "run_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"data.subset = 5 is smaller than the 10 classes"):
+        run_experiment(cfg, progress=False)

@@ -141,6 +141,14 @@ def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1, num_vi
         tr_idx, val_idx = _split(labels, len(train_set), d.val_fraction, cfg.seed)
     else:
         tr_idx, val_idx = torch.arange(len(train_set)), None
+    if d.subset is not None and labels is not None:
+        n_classes = int(torch.as_tensor(labels).unique().numel())
+        if d.subset < n_classes:
+            raise ConfigError(
+                f"data.subset = {d.subset} is smaller than the {n_classes} classes of "
+                f"{getattr(train_set, 'name', 'the dataset')}: some classes would have no training sample; use "
+                f"data.subset >= {n_classes}"
+            )
     if d.subset is not None and d.subset < len(tr_idx):
         # a stratified, seeded subset (the indices are sorted by class in many datasets: never slice them)
         sub_labels = labels[tr_idx] if labels is not None else None
