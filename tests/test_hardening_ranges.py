@@ -75,3 +75,40 @@ def test_a_subset_smaller_than_the_class_count_is_refused(tmp_path):
     cfg = parse_config({"data": {"name": "digits", "subset": 5}, "student": {"model": "mlp"}, "run_dir": str(tmp_path)})
     with pytest.raises(ConfigError, match=r"data.subset = 5 is smaller than the 10 classes"):
         run_experiment(cfg, progress=False)
+
+
+def test_a_store_larger_than_the_free_disk_is_refused_before_anything_is_written(tmp_path, capsys):
+    import yaml
+
+    from featdistill.config import parse_config
+    from featdistill.run import run_experiment
+
+    t = run_experiment(
+        parse_config(
+            {
+                "data": {"name": "digits"},
+                "student": {"model": "mlp"},
+                "train": {"epochs": 1, "progress": False},
+                "run_dir": str(tmp_path / "t"),
+            }
+        ),
+        progress=False,
+    )
+    cfg = {
+        "data": {"name": "digits", "views": "cycle", "augment": {"pad_crop": 1}},
+        "student": {"model": "mlp"},
+        "teacher": {
+            "model": "mlp",
+            "checkpoint": str(t.run_dir / "student.safetensors"),
+            "source": "store",
+            "store": str(tmp_path / "store"),
+        },
+        "method": {"name": "kd"},
+        "cache": {"num_views": 10_000_000, "taps": {}},
+    }
+    path = tmp_path / "cache.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["cache", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "GiB" in err and "cache.num_views" in err and "Traceback" not in err
+    assert not (tmp_path / "store" / "manifest.json").exists()

@@ -310,6 +310,29 @@ def _locked_build(fn: Callable[..., BuildResult]) -> Callable[..., BuildResult]:
     return wrapper
 
 
+def _check_disk_space(root: Path, planned: int, num_views: int, samples: int) -> None:
+    """Refuse a build that cannot fit on the disk before anything is allocated or written.
+
+    Why: ``cache.num_views: 1e7`` (≈ 600 GB for MNIST-5k) used to start and then exhaust memory or disk; the
+    planned size is exact (``entry_bytes × V × samples``), so it can be checked up front. Bytes an earlier
+    partial build already wrote under ``root`` count as available (a resume rewrites nothing it keeps)."""
+    import shutil
+
+    from featdistill.cache.format import StoreError
+
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    existing = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
+    if planned > free + existing:
+        raise StoreError(
+            f"the teacher store at {root} would take {planned / 2**30:,.1f} GiB ({samples:,} samples × "
+            f"{num_views:,} views) but {probe} has {free / 2**30:,.1f} GiB free; lower cache.num_views, store "
+            "top-k logits (cache.topk) or fewer taps, or choose another cache directory"
+        )
+
+
 @_locked_build
 def build_store(
     teacher: nn.Module,
@@ -512,6 +535,7 @@ def build_store(
     if shard_size is None:
         shard_size = max(1, min(len(index), TARGET_SHARD_BYTES // max(1, entry_bytes * num_views)))
     num_shards = math.ceil(len(index) / shard_size)
+    _check_disk_space(root, entry_bytes * num_views * len(index), num_views, len(index))
     header: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
