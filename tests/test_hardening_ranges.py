@@ -112,3 +112,29 @@ def test_a_store_larger_than_the_free_disk_is_refused_before_anything_is_written
     err = capsys.readouterr().err
     assert "GiB" in err and "cache.num_views" in err and "Traceback" not in err
     assert not (tmp_path / "store" / "manifest.json").exists()
+
+
+def test_a_finished_run_extends_to_more_epochs_keeping_the_done_ones(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    cfg = {
+        "data": {"name": "digits", "batch_size": 256},
+        "student": {"model": "mlp"},
+        "train": {"epochs": 1, "precision": "fp32", "progress": False},
+        "run_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path)]) == 0
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    first = [r for r in map(json.loads, metrics.read_text().splitlines()) if r.get("type") == "epoch"]
+    assert main(["train", str(path), "--set", "train.epochs=2", "--resume"]) == 2  # plain resume: refused
+    assert "epochs" in capsys.readouterr().err
+    assert main(["train", str(path), "--extend-to", "3"]) == 0
+    epochs = [r for r in map(json.loads, metrics.read_text().splitlines()) if r.get("type") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert epochs[0]["losses"] == first[0]["losses"]  # the done epoch is kept as it was
+    assert main(["train", str(path), "--extend-to", "2"]) == 2  # shrinking is refused
+    assert "must grow" in capsys.readouterr().err

@@ -46,13 +46,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     if args.run_dir:
         cfg = cfg.model_copy(update={"run_dir": args.run_dir})
+    if args.extend_to is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": args.extend_to})})
     from featdistill.errors import StartupGuard
     from featdistill.train.distributed import cleanup_distributed
 
     guard = StartupGuard("the run")  # a value that only fails while objects are built → one message, not a traceback
     try:
         with guard.watch():
-            res = run_experiment(cfg, resume=args.resume, callbacks=[guard])
+            res = run_experiment(
+                cfg,
+                resume=args.resume or args.extend_to is not None,
+                callbacks=[guard],
+                extend=args.extend_to is not None,
+            )
     finally:
         cleanup_distributed()  # under torchrun: leave the process group cleanly
     if os.environ.get("RANK", "0") == "0":  # one report per job, not one per process
@@ -271,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=3")
     s.add_argument("--run-dir", help="override run_dir")
     s.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    s.add_argument(
+        "--extend-to",
+        type=_positive_int,
+        default=None,
+        metavar="EPOCHS",
+        help="resume a run and train it on to EPOCHS in total (the done epochs stay as they are)",
+    )
     s.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (= train.threads; set it on busy machines)"
     )

@@ -276,11 +276,17 @@ def _example_call(task: Any, loader: Any, device: torch.device, n: int) -> tuple
 
 
 def run_experiment(
-    cfg: ExperimentConfig, resume: bool = False, progress: bool | None = None, callbacks: Sequence[Any] = ()
+    cfg: ExperimentConfig,
+    resume: bool = False,
+    progress: bool | None = None,
+    callbacks: Sequence[Any] = (),
+    extend: bool = False,
 ) -> RunResult:
     """Train the configured student (with its method and teacher) and write the run directory.
 
-    ``callbacks`` are :class:`~featdistill.train.TrainerCallback` objects handed to the Trainer.
+    ``callbacks`` are :class:`~featdistill.train.TrainerCallback` objects handed to the Trainer. ``extend=True``
+    resumes a run (finished or not) with a larger ``train.epochs``: the epochs already done are the checkpoint's,
+    the rest follow the longer schedule from the checkpoint's step on (``featdistill train --extend-to N``).
 
     The run directory is locked for the whole run (:mod:`featdistill.locks`): a second run into it while this
     one runs is refused (:class:`~featdistill.locks.DirectoryLockedError`).  A directory that already holds a
@@ -288,11 +294,11 @@ def run_experiment(
     the Trainer has accepted the run (a fresh directory, or a checkpoint that fits this config): at the end of
     its first step."""
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes (and locks) the directory
-        return _run_experiment(cfg, resume, progress, callbacks)
+        return _run_experiment(cfg, resume or extend, progress, callbacks, extend)
     from featdistill.locks import directory_lock
 
     with directory_lock(cfg.resolved_run_dir(), "featdistill train"):
-        return _run_experiment(cfg, resume, progress, callbacks)
+        return _run_experiment(cfg, resume or extend, progress, callbacks, extend)
 
 
 class _WriteConfig:
@@ -363,7 +369,9 @@ def check_resume_matches(cfg: ExperimentConfig, saved_path: Path) -> None:
         )
 
 
-def _run_experiment(cfg: ExperimentConfig, resume: bool, progress: bool | None, callbacks: Sequence[Any]) -> RunResult:
+def _run_experiment(
+    cfg: ExperimentConfig, resume: bool, progress: bool | None, callbacks: Sequence[Any], extend: bool = False
+) -> RunResult:
     from featdistill.distiller import Distiller
     from featdistill.methods import build_method
     from featdistill.report import plot_run, summarize_model, write_report
@@ -430,7 +438,9 @@ def _run_experiment(cfg: ExperimentConfig, resume: bool, progress: bool | None, 
 
     train_cfg = cfg.train if progress is None else cfg.train.model_copy(update={"progress": progress})
     hooks = [_WriteConfig(run_dir, config_text), *callbacks] if ctx.is_main else list(callbacks)
-    trainer = Trainer(distiller, train_loader, val_loader, train_cfg, run_dir, resume=resume, callbacks=hooks)
+    trainer = Trainer(
+        distiller, train_loader, val_loader, train_cfg, run_dir, resume=resume, callbacks=hooks, extend=extend
+    )
     result = trainer.fit()
 
     device = next(student.parameters()).device

@@ -342,6 +342,7 @@ class Trainer:
         resume: bool = False,
         dist: DistContext | None = None,
         callbacks: Sequence[TrainerCallback] = (),
+        extend: bool = False,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}; use TrainConfig(**dict)")
@@ -359,6 +360,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.eval_fn = eval_fn
         self.resume = resume
+        #: resume may raise ``epochs`` (and only that): the epochs already done come from the checkpoint as
+        #: they are, the rest follow the schedule of the new length from the checkpoint's step on
+        self.extend = extend
         self.dist = dist if dist is not None else current_context(config.device)
         self.callbacks = list(callbacks)
         self.device = self.dist.device
@@ -481,6 +485,20 @@ class Trainer:
             for k in sorted(set(now) | set(saved))
             if k not in TRAJECTORY_IRRELEVANT_KEYS and saved.get(k) != now.get(k)
         }
+        if self.extend and "epochs" in diff:
+            old, new = diff.pop("epochs")
+            if not isinstance(old, int) or new <= old:
+                raise ckpt.CheckpointError(
+                    f"cannot extend {path}: train.epochs must grow (the run has {old}, asked {new})"
+                )
+            log.warning(
+                "extending the run from %d to %d epochs: epochs 1..%d are the checkpoint's, the rest follow the "
+                "%d-epoch schedule from the checkpoint's step on",
+                old,
+                new,
+                old,
+                new,
+            )
         if diff:
             lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise ckpt.CheckpointError(
