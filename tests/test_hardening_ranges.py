@@ -138,3 +138,55 @@ def test_a_finished_run_extends_to_more_epochs_keeping_the_done_ones(tmp_path, c
     assert epochs[0]["losses"] == first[0]["losses"]  # the done epoch is kept as it was
     assert main(["train", str(path), "--extend-to", "2"]) == 2  # shrinking is refused
     assert "must grow" in capsys.readouterr().err
+
+
+def test_a_diverged_run_fails_with_its_reason_and_no_traceback(tmp_path, capsys):
+    import yaml
+
+    cfg = {
+        "data": {"name": "digits", "batch_size": 256},
+        "student": {"model": "mlp"},
+        "train": {"epochs": 1, "lr": 1.0e38, "progress": False},
+        "run_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "train.lr" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "student.safetensors").exists()
+
+
+def test_non_finite_weights_or_metrics_are_a_failed_run():
+    import torch
+
+    from featdistill.run import _check_finite_result
+
+    net = torch.nn.Linear(2, 2)
+    _check_finite_result(net, {"top1": 0.5})
+    with pytest.raises(FloatingPointError, match="metrics"):
+        _check_finite_result(net, {"top1": float("nan")})
+    with torch.no_grad():
+        net.weight[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match="weight"):
+        _check_finite_result(net, {"top1": 0.5})
+
+
+def test_a_diverged_condensation_is_a_failure_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import featdistill.condense.config as cc
+    from featdistill.condense.synthetic import SyntheticSet
+
+    def diverged(*args, **kwargs):
+        images = torch.zeros(10, 1, 8, 8)
+        images[0, 0, 0, 0] = float("nan")
+        return SyntheticSet(images=images, labels=torch.arange(10), metadata={"dataset": "digits-train"})
+
+    monkeypatch.setattr(cc, "condense", diverged)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(BASE.format(out=tmp_path / "run"))
+    assert main(["condense", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 640 synthetic pixel values are not finite" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "synthetic.safetensors").exists()

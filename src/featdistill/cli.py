@@ -380,6 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"featdistill {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a diverged run: a failed result with its reason, not a crash
+        if debug:
+            raise
+        print(f"featdistill {args.command}: failed: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; the last complete checkpoint is kept (resume with --resume)", file=sys.stderr)
         return 130

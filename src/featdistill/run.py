@@ -9,6 +9,7 @@ last epoch, and that last-epoch number is what reports show.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -369,6 +370,20 @@ def check_resume_matches(cfg: ExperimentConfig, saved_path: Path) -> None:
         )
 
 
+def _check_finite_result(student: nn.Module, test: Mapping[str, Any]) -> None:
+    """A run whose weights or test metrics are not finite failed: say so (exit 1), never report it as a result."""
+    bad_metrics = [k for k, v in test.items() if isinstance(v, float) and not math.isfinite(v)]
+    bad_params = [n for n, p in student.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad_metrics or bad_params:
+        raise FloatingPointError(
+            "the trained student is not usable: "
+            + (f"non-finite test metrics {bad_metrics}" if bad_metrics else "")
+            + ("; " if bad_metrics and bad_params else "")
+            + (f"non-finite weights in {bad_params[:5]}" if bad_params else "")
+            + " — lower train.lr or set train.grad_clip"
+        )
+
+
 def _run_experiment(
     cfg: ExperimentConfig, resume: bool, progress: bool | None, callbacks: Sequence[Any], extend: bool = False
 ) -> RunResult:
@@ -445,6 +460,7 @@ def _run_experiment(
 
     device = next(student.parameters()).device
     test = evaluate(student, test_loader, device=device, task=task, output=cfg.student.output)
+    _check_finite_result(student, test)
     key = task.primary_metric
     best = dict(result.best or {})
     out = RunResult(

@@ -238,6 +238,12 @@ def run_condense_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> Pa
         views = _store_labels(syn, st, teacher, train, c.device)
         syn = relabel(syn, views)
     syn.metadata["config"] = c.model_dump()
+    bad = int((~torch.isfinite(syn.images)).sum())
+    if bad:  # a diverged condensation is a failed run, never a saved set (it used to be written and scored 0.1)
+        raise FloatingPointError(
+            f"condensation diverged: {bad} of {syn.images.numel()} synthetic pixel values are not finite "
+            f"(method {c.method}, lr_img {c.lr_img}); nothing was written — lower lr_img or iterations"
+        )
     out = Path(c.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = syn.save(out / "synthetic.safetensors")
