@@ -190,3 +190,21 @@ def test_a_diverged_condensation_is_a_failure_and_writes_nothing(tmp_path, monke
     err = capsys.readouterr().err
     assert "1 of 640 synthetic pixel values are not finite" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "synthetic.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["inspect", "resnet99"], "did you mean resnet8"),
+        (["inspect", "resnet8", "--input-shape", "1,a,2"], "expected comma-separated integers"),
+        (["condense", "eval", "{cfg}"], "not a featdistill synthetic set"),
+        (["condense", "eval", "{missing}"], "no synthetic set at"),
+    ],
+)
+def test_inspect_and_condense_eval_faults_exit_2_without_a_traceback(tmp_path, capsys, argv, says):
+    cfg = tmp_path / "not-a-set.yaml"
+    cfg.write_text("data: {name: digits}\n")
+    argv = [a.format(cfg=cfg, missing=tmp_path / "missing.safetensors") for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err

@@ -118,7 +118,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from featdistill.inspect import inspect_model, print_inspection
 
-    shape = tuple(int(v) for v in args.input_shape.split(","))
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        from featdistill.config import ConfigError
+
+        raise ConfigError(
+            f"--input-shape {args.input_shape!r}: expected comma-separated integers C,H,W (e.g. 3,32,32)"
+        ) from None
     if args.cka:
         from featdistill.inspect import run_cka_cli
 

@@ -92,15 +92,21 @@ def build_inspected(
     task: str | None = None,
 ) -> nn.Module:
     """A zoo name, a ``class_path`` (``pkg.mod:Name`` + ``init_args``) or an ``hf`` config, seeded."""
-    from featdistill.components import build_model_from_config
-    from featdistill.config import ModelConfig
+    from pydantic import ValidationError
 
-    if hf is not None:
-        mc = ModelConfig(hf={"config": hf})
-    elif ":" in name:
-        mc = ModelConfig(class_path=name, init_args=init_args or {})
-    else:
-        mc = ModelConfig(model=name)
+    from featdistill.components import build_model_from_config
+    from featdistill.config import ConfigError, ModelConfig
+    from featdistill.validation import format_validation_error
+
+    try:
+        if hf is not None:
+            mc = ModelConfig(hf={"config": hf})
+        elif ":" in name:
+            mc = ModelConfig(class_path=name, init_args=init_args or {})
+        else:
+            mc = ModelConfig(model=name)
+    except ValidationError as err:  # an unknown zoo name, a bad class_path: one message with the nearest names
+        raise ConfigError(format_validation_error(err, ModelConfig, title=f"model {name!r}")) from None
     return build_model_from_config(mc, num_classes, input_shape, 0, "inspect", task=task)
 
 

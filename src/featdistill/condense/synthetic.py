@@ -147,10 +147,21 @@ class SyntheticSet:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no synthetic set at {path}")
-        with safe_open(str(path), framework="pt") as f:
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except Exception as err:  # safetensors raises its own error type for a file that is not safetensors
+            from featdistill.data.formats import DataFormatError
+
+            raise DataFormatError(
+                f"{path} is not a featdistill synthetic set (not a safetensors file: {err}); give the "
+                "synthetic.safetensors a condense run wrote"
+            ) from None
+        with handle as f:
             header = f.metadata() or {}
             if header.get("format") != _FORMAT:
-                raise ValueError(
+                from featdistill.data.formats import DataFormatError
+
+                raise DataFormatError(
                     f"{path} is not a featdistill synthetic set (format {header.get('format')!r}, "
                     f"expected {_FORMAT!r}); write it with SyntheticSet.save"
                 )
