@@ -9,6 +9,7 @@ from featdistill.methods import (  # noqa: F401  (registration)
     collaborative,
     compose,
     crd,
+    cwd,
     dist,
     distplus,
     diswot,
