@@ -208,3 +208,15 @@ def test_inspect_and_condense_eval_faults_exit_2_without_a_traceback(tmp_path, c
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("epochs", ["1.0e+30", "1000000000000"])
+def test_an_absurd_epoch_count_is_refused_naming_the_key(tmp_path, capsys, epochs):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"data: {{name: digits}}\nstudent: {{model: mlp}}\ntrain: {{epochs: {epochs}}}\nrun_dir: {tmp_path / 'r'}\n"
+    )
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "train.epochs" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

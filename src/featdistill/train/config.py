@@ -52,7 +52,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    epochs: int = Field(10, ge=1, description="number of passes over the training loader")
+    epochs: int = Field(10, ge=1, le=100_000, description="number of passes over the training loader (at most 100,000)")
     optimizer: Literal["sgd", "adamw", "dot"] = "sgd"
     lr: float = Field(0.05, gt=0, description="peak learning rate (reached after warm-up)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by AdamW)")
