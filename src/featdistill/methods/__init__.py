@@ -34,6 +34,7 @@ from featdistill.methods import (  # noqa: F401  (registration)
     ofd,
     output,
     pad,
+    pairwise,
     pela,
     pkt,
     reviewkd,

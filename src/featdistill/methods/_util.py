@@ -17,7 +17,15 @@ from torch import nn
 
 from featdistill.taps import Taps, TapSpec, resolve_module
 
-__all__ = ["collect_features", "unregistered", "infer_embedding_dim", "model_device", "valid_tokens", "pool_tokens"]
+__all__ = [
+    "collect_features",
+    "dense_image_task",
+    "unregistered",
+    "infer_embedding_dim",
+    "model_device",
+    "valid_tokens",
+    "pool_tokens",
+]
 
 
 def _fits(feat: torch.Tensor, mask: torch.Tensor | None) -> bool:
@@ -126,3 +134,10 @@ def infer_embedding_dim(model: nn.Module | None) -> int | None:
         return None
     fc = resolve_module(model, model.classifier_path)
     return getattr(fc, "in_features", None)
+
+
+def dense_image_task(task: Any) -> bool:
+    """Whether ``task`` (instance or class) predicts spatial maps of an image — segmentation, image-to-image —
+    the tasks whose predictions dense recipes (CWD, pair-wise) can read as ``(N, C, H, W)`` maps."""
+    task_cls = task if isinstance(task, type) else type(task)
+    return task_cls.modality == "image" and (bool(task_cls.per_position) or task_cls.family == "output")

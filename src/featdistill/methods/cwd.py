@@ -10,6 +10,7 @@ from torch import nn
 
 from featdistill.adapters import AdapterKind
 from featdistill.losses.dense import cwd_loss
+from featdistill.methods._util import dense_image_task
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.taps import TapSpec
 
@@ -48,8 +49,7 @@ class CWD(Method):
     @classmethod
     def supports(cls, task: Any) -> bool:
         """Dense image tasks only (segmentation, image-to-image): a classifier's prediction has no spatial map."""
-        task_cls = task if isinstance(task, type) else type(task)
-        return task_cls.modality == "image" and (bool(task_cls.per_position) or task_cls.family == "output")
+        return dense_image_task(task)
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
         return None
