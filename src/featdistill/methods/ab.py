@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from featdistill.losses.similarity import ab_loss
+from featdistill.methods._paired import paired
 from featdistill.methods._util import model_device, unregistered
 from featdistill.methods.base import Features, Method, register_method
-from featdistill.methods.sp import paired
 from featdistill.seeding import seeded
 from featdistill.taps import Taps, TapSpec, resolve_module
 

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from featdistill.losses.similarity import fsp_loss
+from featdistill.methods._paired import paired
 from featdistill.methods._util import unregistered
 from featdistill.methods.ab import run_init_stage
 from featdistill.methods.base import Features, Method, register_method
-from featdistill.methods.sp import paired
 from featdistill.taps import TapSpec
 
 

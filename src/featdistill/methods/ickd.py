@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from featdistill.losses.similarity import ickd_loss
+from featdistill.methods._paired import last_stage
 from featdistill.methods.base import Features, Method, register_method
-from featdistill.methods.sp import last_stage
 from featdistill.taps import TapSpec
 
 

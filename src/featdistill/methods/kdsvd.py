@@ -9,14 +9,12 @@ import torch
 from torch import nn
 
 from featdistill.losses.similarity import kdsvd_loss
-from featdistill.methods.base import Features, Method, register_method
-from featdistill.methods.nst import stages
-from featdistill.methods.sp import paired
-from featdistill.taps import TapSpec
+from featdistill.methods._paired import PairedMaps, stages
+from featdistill.methods.base import Features, register_method
 
 
 @register_method
-class KDSVD(Method):
+class KDSVD(PairedMaps):
     """ "Self-supervised Knowledge Distillation Using Singular Value Decomposition" (Lee, Kim, Song; ECCV 2018).
 
     ``L = CE + w·kdsvd_loss(stages_s, stages_t, k)`` (:func:`~featdistill.losses.similarity.kdsvd_loss`: right
@@ -39,31 +37,23 @@ class KDSVD(Method):
         k: int = 1,
         weights: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(weights)
-        self.student_paths = list(student_paths) if student_paths else None
-        self.teacher_paths = list(teacher_paths) if teacher_paths else None
+        super().__init__(student_paths, teacher_paths, weights)
         self.k = k
 
+    def default_paths(self, model: nn.Module) -> list[str]:
+        return stages(model, self.name)
+
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.student_paths = self.student_paths or stages(student, self.name)
-        if teacher is not None:
-            self.teacher_paths = self.teacher_paths or stages(teacher, self.name)
-        paired(self.name, self.student_paths, self.teacher_paths)
+        super().bind(student, teacher)
         if len(self.student_paths or []) < 2:
             raise ValueError(
                 f"kdsvd: needs at least two stages (relations between consecutive stages), got {self.student_paths}"
             )
 
-    def student_taps(self) -> dict[str, TapSpec]:
-        return {f"svd{i}": TapSpec(p) for i, p in enumerate(self.student_paths or [])}
-
-    def teacher_taps(self) -> dict[str, TapSpec]:
-        return {f"svd{i}": TapSpec(p) for i, p in enumerate(self.teacher_paths or [])}
-
     def setup(self, student_feats: Features, teacher_feats: Features) -> None:
-        n = len(self.student_paths or [])
-        s = [int(student_feats[f"svd{i}"].shape[1]) for i in range(n)]
-        t = [int(teacher_feats[f"svd{i}"].shape[1]) for i in range(n)]
+        pairs = self.pairs(student_feats, teacher_feats)
+        s = [int(a.shape[1]) for a, _ in pairs]
+        t = [int(b.shape[1]) for _, b in pairs]
         if s != t:
             raise ValueError(
                 f"kdsvd: the student stages {self.student_paths} have channels {s}, the teacher stages "
@@ -74,7 +64,5 @@ class KDSVD(Method):
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
-        n = len(self.student_paths or [])
-        s = [student_feats[f"svd{i}"] for i in range(n)]
-        t = [teacher_feats[f"svd{i}"] for i in range(n)]
-        return {"kdsvd": kdsvd_loss(s, t, k=self.k)}
+        pairs = self.pairs(student_feats, teacher_feats)
+        return {"kdsvd": kdsvd_loss([a for a, _ in pairs], [b for _, b in pairs], k=self.k)}
