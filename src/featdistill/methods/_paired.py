@@ -1,7 +1,9 @@
-"""Recipes that compare paired student/teacher maps tapped by module path (SP, NST, KDSVD, …).
+"""Recipes that compare student/teacher features tapped by module path.
 
-One place for what they share: the ``student_paths``/``teacher_paths`` arguments, their defaults from the zoo's
-``stage_paths`` (:func:`last_stage`, :func:`stages`), the pairing check, and taps named ``<name><i>``.
+One place for what they share: the path arguments, their zoo defaults (``stage_paths`` — :func:`last_stage`,
+:func:`stages`; ``embedding_path`` — :func:`embedding`), the pairing check and the taps. :class:`PairedMaps`
+serves the recipes on paired stage maps (SP, NST, KDSVD), :class:`EmbeddingPair` those on the pooled embedding
+(RKD, PKT, CC).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import nn
 from featdistill.methods.base import Features, Method
 from featdistill.taps import TapSpec
 
-__all__ = ["PairedMaps", "last_stage", "paired", "stages"]
+__all__ = ["EmbeddingPair", "PairedMaps", "embedding", "last_stage", "paired", "stages"]
 
 
 def last_stage(model: nn.Module, method: str) -> list[str]:
@@ -44,6 +46,18 @@ def stages(model: nn.Module, method: str) -> list[str]:
             "(featdistill inspect MODEL lists them)"
         )
     return paths
+
+
+def embedding(model: nn.Module, method: str) -> str:
+    """The model's pooled penultimate embedding path (RepDistiller's ``feat[-1]``, mdistiller's ``pooled_feat``);
+    a model that declares none is an error naming the fix, never a silent fallback to its logits."""
+    path = getattr(model, "embedding_path", None)
+    if not isinstance(path, str) or not path:
+        raise ValueError(
+            f"{method}: the model {type(model).__name__} declares no embedding_path; give the student and teacher "
+            'paths explicitly (`featdistill inspect MODEL` lists the module paths; "" is the prediction)'
+        )
+    return path
 
 
 def paired(method: str, student: Sequence[str] | None, teacher: Sequence[str] | None) -> None:
@@ -91,3 +105,36 @@ class PairedMaps(Method):
         """The tapped ``(student, teacher)`` maps, in path order."""
         keys = [f"{self.name}{i}" for i in range(len(self.student_paths or []))]
         return [(student_feats[k], teacher_feats[k]) for k in keys]
+
+
+class EmbeddingPair(Method):
+    """Base of the recipes on one student/teacher embedding pair (default: the models' ``embedding_path``),
+    tapped as ``emb``; :meth:`embeddings` averages a ``(B, L, D)`` sequence feature over its non-padding tokens."""
+
+    def __init__(
+        self, student_path: str | None = None, teacher_path: str | None = None, weights: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(weights)
+        self.student_path, self.teacher_path = student_path, teacher_path
+
+    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        self.student_path = self.student_path or embedding(student, self.name)
+        if teacher is not None:
+            self.teacher_path = self.teacher_path or embedding(teacher, self.name)
+        if not self.teacher_path:
+            raise ValueError(f"{self.name}: give teacher_path when the teacher is not a live model")
+
+    def student_taps(self) -> dict[str, TapSpec]:
+        return {"emb": TapSpec(self.student_path or "")}
+
+    def teacher_taps(self) -> dict[str, TapSpec]:
+        return {"emb": TapSpec(self.teacher_path or "")}
+
+    def embeddings(
+        self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two embeddings, each sample of a sequence task the mean over its non-padding tokens."""
+        from featdistill.methods._util import pool_tokens
+
+        mask = batch.get("position_mask")
+        return pool_tokens(student_feats["emb"], mask), pool_tokens(teacher_feats["emb"], mask)

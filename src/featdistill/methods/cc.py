@@ -11,8 +11,8 @@ from torch import nn
 from featdistill.adapters import build_adapter
 from featdistill.losses._util import as_target
 from featdistill.losses.similarity import cc_loss, cckd_loss
+from featdistill.methods._paired import embedding
 from featdistill.methods.base import Features, Method, register_method
-from featdistill.methods.rkd import embedding
 from featdistill.taps import TapSpec
 
 CCForm = Literal["repdistiller", "gaussian", "bilinear"]

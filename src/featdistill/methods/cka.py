@@ -14,23 +14,12 @@ import torch
 from torch import nn
 
 from featdistill.losses.relations import cka_loss, linear_cka
+from featdistill.methods._paired import embedding
 from featdistill.methods._util import model_device, pool_tokens
 from featdistill.methods.base import Features, Method, register_method
 from featdistill.taps import Taps, TapSpec
 
 __all__ = ["CKA", "default_cka_paths", "cka_matrix", "hsic_unbiased", "minibatch_cka", "format_cka_matrix", "plot_cka"]
-
-
-def _embedding_path(model: nn.Module, role: str) -> str:
-    """The model's declared pooled-embedding path; a model that declares none is an error, not a silent
-    fallback to its logits (CKA of logits is a different objective — ask for it with ``""`` explicitly)."""
-    path = getattr(model, "embedding_path", None)
-    if not isinstance(path, str):
-        raise ValueError(
-            f"cka: the {role} ({type(model).__name__}) declares no embedding_path; give student_paths and "
-            'teacher_paths (module paths, see `featdistill inspect`; [""] compares the predictions)'
-        )
-    return path
 
 
 @register_method
@@ -61,9 +50,9 @@ class CKA(Method):
         self.teacher_paths = list(teacher_paths) if teacher_paths else None
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.student_paths = self.student_paths or [_embedding_path(student, "student")]
+        self.student_paths = self.student_paths or [embedding(student, "cka")]
         if teacher is not None:
-            self.teacher_paths = self.teacher_paths or [_embedding_path(teacher, "teacher")]
+            self.teacher_paths = self.teacher_paths or [embedding(teacher, "cka")]
         if not self.teacher_paths or len(self.student_paths) != len(self.teacher_paths):
             raise ValueError(f"cka: pair the paths: student {self.student_paths}, teacher {self.teacher_paths}")
 

@@ -6,17 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from featdistill.losses.similarity import pkt_loss
-from featdistill.methods._util import pool_tokens
-from featdistill.methods.base import Features, Method, register_method
-from featdistill.methods.rkd import embedding
-from featdistill.taps import TapSpec
+from featdistill.methods._paired import EmbeddingPair
+from featdistill.methods.base import Features, register_method
 
 
 @register_method
-class PKT(Method):
+class PKT(EmbeddingPair):
     """ "Learning Deep Representations with Probabilistic Knowledge Transfer" (Passalis & Tefas, ECCV 2018).
 
     ``L = CE + w·KL(P_t ‖ P_s)`` with the cosine-similarity kernel mapped to [0, 1] and row-normalised into
@@ -39,25 +36,11 @@ class PKT(Method):
         eps: float = 1e-7,
         weights: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(weights)
-        self.student_path, self.teacher_path, self.eps = student_path, teacher_path, eps
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.student_path = self.student_path or embedding(student, self.name)
-        if teacher is not None:
-            self.teacher_path = self.teacher_path or embedding(teacher, self.name)
-        if not self.teacher_path:
-            raise ValueError("pkt: give teacher_path when the teacher is not a live model")
-
-    def student_taps(self) -> dict[str, TapSpec]:
-        return {"emb": TapSpec(self.student_path or "")}
-
-    def teacher_taps(self) -> dict[str, TapSpec]:
-        return {"emb": TapSpec(self.teacher_path or "")}
+        super().__init__(student_path, teacher_path, weights)
+        self.eps = eps
 
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
-        mask = batch.get("position_mask")  # sequence tasks: each sample is its mean over non-padding tokens
-        s, t = pool_tokens(student_feats["emb"], mask), pool_tokens(teacher_feats["emb"], mask)
+        s, t = self.embeddings(student_feats, teacher_feats, batch)
         return {"pkt": pkt_loss(s, t, eps=self.eps)}

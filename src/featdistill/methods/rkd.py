@@ -6,27 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from featdistill.losses.similarity import rkd_angle_loss, rkd_distance_loss
-from featdistill.methods._util import pool_tokens
-from featdistill.methods.base import Features, Method, register_method
-from featdistill.taps import TapSpec
-
-
-def embedding(model: nn.Module, method: str) -> str:
-    """The model's pooled penultimate embedding path (RepDistiller's ``feat[-1]``, mdistiller's ``pooled_feat``)."""
-    path = getattr(model, "embedding_path", None)
-    if not path:
-        raise ValueError(
-            f"{method}: {type(model).__name__} declares no `embedding_path`; give student_path / teacher_path "
-            "(featdistill inspect MODEL lists the module paths)"
-        )
-    return path
+from featdistill.methods._paired import EmbeddingPair
+from featdistill.methods.base import Features, register_method
 
 
 @register_method
-class RKD(Method):
+class RKD(EmbeddingPair):
     """ "Relational Knowledge Distillation" (Park, Kim, Lu, Cho; CVPR 2019): distance + angle.
 
     ``L = CE + w_d·smooth_l1(ψ_D(e_s), ψ_D(e_t)) + w_a·smooth_l1(ψ_A(e_s), ψ_A(e_t))`` on the pooled embeddings
@@ -52,28 +39,13 @@ class RKD(Method):
         eps: float = 1e-12,
         weights: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(weights)
-        self.student_path, self.teacher_path = student_path, teacher_path
+        super().__init__(student_path, teacher_path, weights)
         self.squared, self.eps = squared, eps
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.student_path = self.student_path or embedding(student, self.name)
-        if teacher is not None:
-            self.teacher_path = self.teacher_path or embedding(teacher, self.name)
-        if not self.teacher_path:
-            raise ValueError("rkd: give teacher_path when the teacher is not a live model")
-
-    def student_taps(self) -> dict[str, TapSpec]:
-        return {"emb": TapSpec(self.student_path or "")}
-
-    def teacher_taps(self) -> dict[str, TapSpec]:
-        return {"emb": TapSpec(self.teacher_path or "")}
 
     def forward(
         self, student_feats: Features, teacher_feats: Features, batch: Mapping[str, torch.Tensor], epoch: float
     ) -> dict[str, torch.Tensor]:
-        mask = batch.get("position_mask")  # sequence tasks: each sample is its mean over non-padding tokens
-        s, t = pool_tokens(student_feats["emb"], mask), pool_tokens(teacher_feats["emb"], mask)
+        s, t = self.embeddings(student_feats, teacher_feats, batch)
         return {
             "distance": rkd_distance_loss(s, t, squared=self.squared, eps=self.eps),
             "angle": rkd_angle_loss(s, t),
