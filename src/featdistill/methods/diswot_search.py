@@ -54,6 +54,25 @@ def space_genomes(space: Mapping[str, Any]) -> int:
     return n
 
 
+def _score_candidate(
+    teacher: nn.Module,
+    name: str,
+    kwargs: dict[str, Any],
+    build: Callable[[str, Mapping[str, Any]], nn.Module],
+    batch: Mapping[str, Any],
+    budget: int | None,
+    seed: int,
+    semantic: str,
+) -> dict[str, Any] | None:
+    """One candidate's row ``{kwargs, score, relation, semantic, params}``, or ``None`` over the parameter budget
+    (rejected before it is scored)."""
+    model = build(name, kwargs)
+    params = sum(p.numel() for p in model.parameters())
+    if budget is not None and params > budget:
+        return None
+    return {"kwargs": kwargs, **diswot_score(teacher, model, batch, seed=seed, semantic=semantic), "params": params}
+
+
 def evolutionary_search(
     teacher: nn.Module,
     space: Mapping[str, Any],
@@ -89,13 +108,10 @@ def evolutionary_search(
         nonlocal rejected
         if genome in scored:
             return scored[genome]
-        kwargs = dict(genome)
-        model = build(name, kwargs)
-        params = sum(p.numel() for p in model.parameters())
-        if budget is not None and params > budget:
+        row = _score_candidate(teacher, name, dict(genome), build, batch, budget, seed, semantic)
+        if row is None:
             rejected += 1
             return None
-        row = {"kwargs": kwargs, **diswot_score(teacher, model, batch, seed=seed, semantic=semantic), "params": params}
         scored[genome] = row
         history.append(row)
         return row
@@ -163,12 +179,9 @@ def exhaustive_ranking(
 
     def walk(i: int, acc: Sequence[tuple[str, Any]]) -> None:
         if i == len(keys):
-            kwargs = dict(acc)
-            model = build(name, kwargs)
-            params = sum(p.numel() for p in model.parameters())
-            if budget is None or params <= budget:
-                s = diswot_score(teacher, model, batch, seed=seed, semantic=semantic)
-                rows.append({"kwargs": kwargs, **s, "params": params})
+            row = _score_candidate(teacher, name, dict(acc), build, batch, budget, seed, semantic)
+            if row is not None:
+                rows.append(row)
             return
         for v in choices[keys[i]]:
             walk(i + 1, [*acc, (keys[i], v)])
