@@ -447,3 +447,51 @@ def test_eval_config_mirrors_the_protocol() -> None:
         want = getattr(defaults, name)
         got = field.get_default(call_default_factory=True)
         assert (tuple(got) if isinstance(got, list) else got) == want, name
+
+
+# ------------------------------------------------------------------------------------------- shared plumbing
+def test_storage_counts_images_and_labels_in_their_encoding() -> None:
+    x = torch.zeros(K * 2, 1, HW, HW)
+    hard = SyntheticSet(x, torch.arange(K).repeat_interleave(2), metadata={"num_classes": K})
+    st = hard.storage()
+    assert st["images_bytes"] == K * 2 * HW * HW and st["labels_bytes"] == K * 2
+    soft = hard.with_labels(torch.full((K * 2, K), 1.0 / K))
+    assert soft.storage()["labels_bytes"] == K * 2 * K * 4
+    views = soft.with_labels(soft.labels, soft_labels={"store": "s", "views": 8, "logits": "top-2"})
+    assert views.storage()["labels_bytes"] == K * 2 * 8 * 6 * 2
+    own = hard.with_labels(hard.labels, label_storage={"bytes": 7, "encoding": "two distances"})
+    assert own.storage()["labels_bytes"] == 7 and own.storage()["label_encoding"] == "two distances"
+    assert own.storage()["total_bytes"] == st["images_bytes"] + 7
+
+
+def test_teachers_reach_the_context_frozen_and_a_missing_teacher_is_refused() -> None:
+    from featdistill.condense.core import CONDENSERS, METHODS, CondenseContext, Condenser, register_condenser
+
+    seen: dict[str, object] = {}
+
+    class NeedsTeacher(Condenser):
+        name = "_test_needs_teacher"
+        min_teachers = 1
+
+        def __init__(self, ctx: CondenseContext, **kw) -> None:
+            super().__init__(ctx, **kw)
+            seen["teachers"] = ctx.teachers
+
+        def loss(self, syn: torch.Tensor) -> torch.Tensor:
+            return self.ctx.teachers[0](syn).logsumexp(1).mean()
+
+    register_condenser(
+        NeedsTeacher, default={"iterations": 1, "lr_img": 0.1, "batch_real": 4, "init": "real"} | {"dsa": False}
+    )
+    try:
+        with pytest.raises(ValueError, match="needs at least 1"):
+            condense(_data(), IPC, "_test_needs_teacher", backbone_kwargs=NET_KW)
+        teacher = _net(1).train()
+        before = [p.detach().clone() for p in teacher.parameters()]
+        condense(_data(), IPC, "_test_needs_teacher", backbone_kwargs=NET_KW, teachers=[teacher])
+        (t,) = seen["teachers"]
+        assert t is teacher and not t.training and not any(p.requires_grad for p in t.parameters())
+        assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+    finally:
+        CONDENSERS.pop("_test_needs_teacher")
+        METHODS.remove("_test_needs_teacher")

@@ -22,6 +22,7 @@ from .synthetic import SyntheticSet
 __all__ = [
     "CondenseConfig",
     "TeacherConfig",
+    "TeacherModelConfig",
     "LabelStoreConfig",
     "EvalConfig",
     "run_condense_config",
@@ -46,6 +47,15 @@ class LabelStoreConfig(BaseModel):
     resized_crop: tuple[float, float] | None = None
     seed: int = 0
     topk: int | None = Field(default=None, ge=1)
+
+
+class TeacherModelConfig(BaseModel):
+    """A trained zoo model a condenser synthesises from (SRe2L's teacher, one member of CV-DD's committee)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    checkpoint: str = Field(description="safetensors (or torch state-dict) file written by `featdistill train`")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class TeacherConfig(BaseModel):
@@ -122,6 +132,9 @@ class CondenseConfig(BaseModel):
     device: str = "cpu"
     method_kwargs: dict[str, Any] = Field(default_factory=dict)
     soft_label_teacher: TeacherConfig | None = None
+    teachers: list[TeacherModelConfig] = Field(
+        default_factory=list, description="trained models the method synthesises from (sre2l, cvdd, ...)"
+    )
     out_dir: str = "runs/condense"
     png: bool = True
     evaluate: EvalConfig | None = None
@@ -147,7 +160,9 @@ def _load_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> CondenseC
     return CondenseConfig.model_validate(data)
 
 
-def _load_teacher(t: TeacherConfig, num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
+def _load_teacher(
+    t: TeacherConfig | TeacherModelConfig, num_classes: int, in_channels: int, image_size: int
+) -> torch.nn.Module:
     """The zoo teacher with its checkpoint, loaded as ``featdistill train`` loads one (safe formats only)."""
     from featdistill.models import build_model
     from featdistill.run import load_weights
@@ -208,10 +223,11 @@ def run_condense_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> Pa
     c = _load_config(cfg)
     train, test = load_dataset(c.dataset, c.data_root)
     st = c.soft_label_teacher
+    ch, h, w = train.images.shape[1:]
     teacher = None
     if st is not None and st.model is not None:
-        ch, h, w = train.images.shape[1:]
         teacher = _load_teacher(st, len(train.classes), int(ch), int(max(h, w)))
+    teachers = [_load_teacher(t, len(train.classes), int(ch), int(max(h, w))) for t in c.teachers]
     syn = condense(
         train,
         c.ipc,
@@ -231,6 +247,7 @@ def run_condense_config(cfg: CondenseConfig | dict[str, Any] | str | Path) -> Pa
         soft_label_temperature=st.temperature if st is not None else 1.0,
         budget_s=c.budget_s,
         device=c.device,
+        teachers=teachers,
         **c.method_kwargs,
     )
     views = None

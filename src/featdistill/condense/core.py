@@ -32,6 +32,8 @@ __all__ = [
     "CONDENSERS",
     "Condenser",
     "CondenseContext",
+    "METHODS",
+    "register_condenser",
     "dm_loss",
     "datadam_loss",
     "dc_loss",
@@ -166,6 +168,13 @@ def dc_loss(
 
 
 # ---------------------------------------------------------------------------------------------- context
+def _frozen(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with ``requires_grad`` off: a teacher is read, never trained, by a condenser."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
 class CondenseContext:
     """What every condenser needs: the real data, the generator, one network re-drawn on demand."""
 
@@ -179,6 +188,7 @@ class CondenseContext:
         dsa: DSA | None,
         batch_real: int,
         fyi: bool = False,
+        teachers: list[nn.Module] | None = None,
     ) -> None:
         self.real = real
         self.ipc = ipc
@@ -191,6 +201,8 @@ class CondenseContext:
         self.net = net_factory().to(device)
         self.real_images = real.images.to(device)
         self.labels = torch.arange(real.num_classes).repeat_interleave(ipc).to(device)
+        #: trained teachers (frozen, eval mode) for the methods that synthesise from a model (SRe2L, CV-DD, ...)
+        self.teachers: list[nn.Module] = [_frozen(t).to(device) for t in (teachers or [])]
 
     def fresh_net(self, trainable: bool = False) -> nn.Module:
         """The run's network with parameters re-drawn from the generator (a "fresh random network")."""
@@ -229,6 +241,8 @@ class Condenser:
     defaults: ClassVar[dict[str, Any]] = {}
     optimises: ClassVar[bool] = True
     needs_real_init: ClassVar[bool] = True
+    #: the fewest trained teachers the method needs (``condense(teachers=[...])``; config ``teachers:``)
+    min_teachers: ClassVar[int] = 0
 
     def __init__(self, ctx: CondenseContext, **kwargs: Any) -> None:
         unknown = set(kwargs) - set(self.defaults)
@@ -463,31 +477,41 @@ class MTTCondenser(Condenser):
 
 
 CONDENSERS: dict[str, tuple[type[Condenser], dict[str, Any]]] = {}
+#: every name ``condense(method=...)`` accepts: the two coreset baselines, then each registered condenser
+METHODS: list[str] = ["random", "herding"]
 
 
-def _register(cls: type[Condenser], **loop_defaults: Any) -> None:
+def register_condenser(cls: type[Condenser], **loop_defaults: Any) -> None:
+    """Register ``cls`` under ``cls.name`` with its loop defaults (``default=`` or one entry per name).
+
+    Loop defaults are the keys :func:`condense` reads: ``iterations``, ``lr_img``, ``batch_real``, ``init``,
+    ``dsa``. Modules of further condensers (the large-scale family) call this at import; the package
+    ``__init__`` imports them, so ``METHODS`` is complete whenever ``featdistill.condense`` is.
+    """
     for name in [cls.name] if cls.name != "dc" else ["dc", "dsa"]:
         if name in CONDENSERS:
             raise ValueError(f"condenser {name!r} registered twice")
         CONDENSERS[name] = (cls, loop_defaults[name] if name in loop_defaults else loop_defaults["default"])
+        METHODS.append(name)
 
 
 # Loop defaults from the reference code (benchmarks.md §5.6); all are overridable keyword arguments.
-_register(DMCondenser, default={"iterations": 20000, "lr_img": 1.0, "batch_real": 256, "init": "real", "dsa": True})
-_register(
+register_condenser(
+    DMCondenser, default={"iterations": 20000, "lr_img": 1.0, "batch_real": 256, "init": "real", "dsa": True}
+)
+register_condenser(
     DataDAMCondenser,
     default={"iterations": 20000, "lr_img": 1.0, "batch_real": 64, "init": "real", "dsa": True},
 )
-_register(
+register_condenser(
     DCCondenser,
     dc={"iterations": 1000, "lr_img": 0.1, "batch_real": 256, "init": "noise", "dsa": False},
     dsa={"iterations": 1000, "lr_img": 0.1, "batch_real": 256, "init": "real", "dsa": True},
 )
-_register(
+register_condenser(
     MTTCondenser,
     default={"iterations": 5000, "lr_img": 1000.0, "batch_real": 256, "init": "real", "dsa": True},
 )
-METHODS = ("random", "herding", *CONDENSERS)
 
 
 # ---------------------------------------------------------------------------------------------- condense
@@ -535,6 +559,7 @@ def condense(
     budget_s: float | None = None,
     device: str | torch.device = "cpu",
     callback: Callable[[int, float], None] | None = None,
+    teachers: list[nn.Module] | None = None,
     **method_kwargs: Any,
 ) -> SyntheticSet:
     """Distil ``dataset`` into ``ipc`` images per class with ``method``.
@@ -556,6 +581,8 @@ def condense(
         fyi: pair every synthetic image with its flip while matching (DM / DC / DSA only).
         soft_label_teacher: a model whose ``softmax(logits / T)`` on the final images becomes the labels.
         budget_s: stop after this many seconds (iterations done are recorded in the metadata).
+        teachers: trained models the method synthesises from (SRe2L, CV-DD's committee, ...); they are
+            frozen and moved to ``device``. A method needing more than given is refused before any work.
         method_kwargs: method options (see ``CONDENSERS[name][0].defaults``).
 
     Returns:
@@ -573,6 +600,12 @@ def condense(
 
     if method in CONDENSERS:
         cls, loop = CONDENSERS[method]
+        if len(teachers or []) < cls.min_teachers:
+            raise ValueError(
+                f"method {method!r} synthesises from trained teachers: it needs at least {cls.min_teachers}, "
+                f"got {len(teachers or [])} — pass teachers=[model, ...] (config: `teachers:` entries with "
+                "model + checkpoint, trained by `featdistill train`)"
+            )
     else:
         cls, loop = (
             None,
@@ -592,7 +625,9 @@ def condense(
     dsa_obj = DSA(strategy) if use_dsa else None
     check_ipc(real, ipc, needs_real=(init != "noise"))
     factory = make_backbone_factory(backbone, real.num_classes, c, max(h, w), backbone_kwargs)
-    ctx = CondenseContext(real, ipc, factory, generator, device, dsa_obj, int(batch_real or loop["batch_real"]), fyi)
+    ctx = CondenseContext(
+        real, ipc, factory, generator, device, dsa_obj, int(batch_real or loop["batch_real"]), fyi, teachers
+    )
     iterations = int(loop["iterations"] if iterations is None else iterations)
     lr_img = float(loop["lr_img"] if lr_img is None else lr_img)
 
@@ -648,6 +683,7 @@ def condense(
         "batch_real": ctx.batch_real,
         "dsa": strategy if use_dsa else None,
         "fyi": fyi,
+        "teachers": [type(t).__name__ for t in ctx.teachers],
         "options": extra,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,

@@ -108,6 +108,39 @@ class SyntheticSet:
         std = torch.tensor(self.std, dtype=self.images.dtype).view(1, -1, 1, 1)
         return (self.images.detach().cpu() * std + mean).clamp(0.0, 1.0)
 
+    def storage(self) -> dict[str, Any]:
+        """Bytes needed to ship the set, labels included — the large-scale literature's hidden cost.
+
+        Images count as 8-bit pixels (what an exported set costs). Labels count in the encoding the set
+        uses: 1 byte per hard label (2 past 256 classes), 4·K per static soft label, and for per-view labels
+        from a teacher store ``views`` × the store's encoding (4·K full logits, 6·k for top-k: fp32 value +
+        int16 index). A method with its own label encoding (INFER's interpolation, NRR's distances) states it
+        in ``metadata["label_storage"] = {"bytes": int, "encoding": str}``, which takes precedence.
+        """
+        n, c, h, w = self.images.shape
+        k = self.num_classes
+        own = self.metadata.get("label_storage")
+        soft_meta = self.metadata.get("soft_labels") or {}
+        if isinstance(own, dict) and "bytes" in own:
+            label_bytes, encoding = int(own["bytes"]), str(own.get("encoding", "method-specific"))
+        elif soft_meta.get("store"):
+            views = int(soft_meta.get("views", 1))
+            logits = str(soft_meta.get("logits", "full"))
+            per_view = 6 * int(logits.split("-")[1]) if logits.startswith("top-") else 4 * k
+            label_bytes, encoding = n * views * per_view, f"{views} views × {logits} teacher outputs"
+        elif self.soft:
+            label_bytes, encoding = n * k * 4, "static soft labels (fp32)"
+        else:
+            label_bytes, encoding = n * (1 if k <= 256 else 2), "hard class index"
+        image_bytes = n * c * h * w
+        return {
+            "images_bytes": image_bytes,
+            "labels_bytes": label_bytes,
+            "total_bytes": image_bytes + label_bytes,
+            "label_encoding": encoding,
+            "bytes_per_instance": (image_bytes + label_bytes) / max(n, 1),
+        }
+
     def with_labels(self, labels: Tensor, **meta: Any) -> SyntheticSet:
         """A copy with new labels (e.g. teacher soft labels), metadata extended with ``meta``."""
         return SyntheticSet(self.images, labels, self.lr, self.mean, self.std, {**self.metadata, **meta})
