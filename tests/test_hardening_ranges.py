@@ -170,6 +170,14 @@ def test_non_finite_weights_or_metrics_are_a_failed_run():
         net.weight[0, 0] = float("inf")
     with pytest.raises(FloatingPointError, match="weight"):
         _check_finite_result(net, {"top1": 0.5})
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        net.bias[1] = -1e37  # finite but absurd: what lr=1e38 used to export with exit 0
+    with pytest.raises(FloatingPointError, match=r"diverged weights: \|bias\| reaches 1e\+37"):
+        _check_finite_result(net, {"top1": 0.5})
+    with torch.no_grad():
+        net.bias.fill_(1e6)  # large but plausible (BN-free nets can carry big biases): accepted
+    _check_finite_result(net, {"top1": 0.5})
 
 
 def test_a_diverged_condensation_is_a_failure_and_writes_nothing(tmp_path, monkeypatch, capsys):

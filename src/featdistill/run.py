@@ -370,17 +370,32 @@ def check_resume_matches(cfg: ExperimentConfig, saved_path: Path) -> None:
         )
 
 
+#: a trained weight larger than this in magnitude is a diverged run, not a model (no real network's weights come
+#: near it; fp16 export overflows at 6.5e4, and values like 1e37 came out of ``lr=1e38`` with exit 0)
+ABSURD_WEIGHT = 1e15
+
+
 def _check_finite_result(student: nn.Module, test: Mapping[str, Any]) -> None:
-    """A run whose weights or test metrics are not finite failed: say so (exit 1), never report it as a result."""
+    """A run whose weights or test metrics are not finite, or whose weights blew up to an absurd magnitude, failed:
+    say so (exit 1), never report it as a result."""
     bad_metrics = [k for k, v in test.items() if isinstance(v, float) and not math.isfinite(v)]
-    bad_params = [n for n, p in student.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
-    if bad_metrics or bad_params:
+    floats = {n: p for n, p in student.state_dict().items() if p.is_floating_point() and p.numel()}
+    bad_params = [n for n, p in floats.items() if not torch.isfinite(p).all()]
+    huge = {n: float(p.detach().abs().max()) for n, p in floats.items() if n not in bad_params}
+    huge = {n: v for n, v in huge.items() if v > ABSURD_WEIGHT}
+    if bad_metrics or bad_params or huge:
+        problems = []
+        if bad_metrics:
+            problems.append(f"non-finite test metrics {bad_metrics}")
+        if bad_params:
+            problems.append(f"non-finite weights in {bad_params[:5]}")
+        if huge:
+            name, value = max(huge.items(), key=lambda kv: kv[1])
+            problems.append(
+                f"diverged weights: |{name}| reaches {value:.3g} (> {ABSURD_WEIGHT:.0e}) in {len(huge)} tensor(s)"
+            )
         raise FloatingPointError(
-            "the trained student is not usable: "
-            + (f"non-finite test metrics {bad_metrics}" if bad_metrics else "")
-            + ("; " if bad_metrics and bad_params else "")
-            + (f"non-finite weights in {bad_params[:5]}" if bad_params else "")
-            + " — lower train.lr or set train.grad_clip"
+            "the trained student is not usable: " + "; ".join(problems) + " — lower train.lr or set train.grad_clip"
         )
 
 
