@@ -94,8 +94,8 @@ def _check_paths_and_shapes(name: str, c: int, s: int, num_classes: int = 7) -> 
 
 
 CLASSIFIERS = [
-    n for n in list_models() if n not in ("segnet", "srnet", "forecaster")
-]  # dense models: tests/test_dense_data.py
+    n for n in list_models() if n not in ("segnet", "srnet", "forecaster", "detr_tiny", "detr_small")
+]  # dense models: tests/test_dense_data.py; detectors: tests/test_detr.py
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)

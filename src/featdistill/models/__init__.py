@@ -5,7 +5,7 @@ model returns logits only and names its features (``stage_paths``, ``embedding_p
 so taps can address them by module path. Importing this package registers every model below.
 """
 
-from . import convnet, dense, forecast, mlp, mobilenetv2, resnet, shufflenet, vgg, vit, wrn  # noqa: F401  (registration)
+from . import convnet, dense, detr, forecast, mlp, mobilenetv2, resnet, shufflenet, vgg, vit, wrn  # noqa: F401  (registration)
 from .convnet import ConvNet
 from .mlp import MLP
 from .mobilenetv2 import MobileNetV2
