@@ -162,8 +162,19 @@ class Distiller(nn.Module):
         return self
 
     # -- the step ---------------------------------------------------------------------------------------
-    def teacher_outputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.teacher(batch) if self.teacher is not None else {}
+    def teacher_outputs(
+        self, batch: Mapping[str, torch.Tensor], extra: Mapping[str, Any] | None = None
+    ) -> dict[str, torch.Tensor]:
+        if self.teacher is None:
+            return {}
+        if not extra:
+            return self.teacher(batch)
+        if not isinstance(self.teacher, LiveTeacher):
+            raise ValueError(
+                f"method {self.method.name!r} runs the teacher with extra inputs {sorted(extra)}, which a "
+                f"{type(self.teacher).__name__} cannot replay; use the live teacher"
+            )
+        return self.teacher(batch, **extra)
 
     def forward(  # type: ignore[override]
         self, batch: Mapping[str, torch.Tensor], epoch: float = 0.0
@@ -176,7 +187,7 @@ class Distiller(nn.Module):
             kwargs = {**kwargs, **extra}
         if self.channels_last and args and torch.is_tensor(args[0]) and args[0].dim() == 4:
             args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
-        t_feats = self.teacher_outputs(batch)
+        t_feats = self.teacher_outputs(batch, self.method.teacher_call_kwargs(batch, epoch))  # e.g. CLoCK queries
         output, s_feats = self._student_taps(*args, **kwargs)
         pred = s_feats["logits"]
         losses: dict[str, torch.Tensor] = {}

@@ -73,11 +73,15 @@ class LiveTeacher:
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-    def __call__(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: Mapping[str, Any], **extra: Any) -> dict[str, torch.Tensor]:
+        """The taps for ``batch``; ``extra`` keyword arguments go to the teacher's forward
+        (:meth:`~featdistill.methods.base.Method.teacher_call_kwargs`)."""
         if self.task is not None:
             args, kwargs = self.task.model_arguments(batch)
         else:
             args, kwargs = (batch["input"],), {}
+        if extra:
+            kwargs = {**kwargs, **extra}
         if self.channels_last and args and torch.is_tensor(args[0]) and args[0].dim() == 4:
             args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
         self.model.eval()

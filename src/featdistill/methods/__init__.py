@@ -6,6 +6,7 @@ from featdistill.methods import (  # noqa: F401  (registration)
     baseline,
     cc,
     cka,
+    clockdistill,
     collaborative,
     compose,
     crd,

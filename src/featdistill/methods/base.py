@@ -109,6 +109,16 @@ class Method(nn.Module):
         """
         return {}
 
+    def teacher_call_kwargs(self, batch: Mapping[str, Any], epoch: float) -> dict[str, Any]:
+        """Extra keyword arguments for this step's live-teacher forward (default none), the symmetric of
+        :meth:`student_call_kwargs`; asked right after it, in the same step.
+
+        Why: a recipe that feeds both models the same extra inputs (CLoCKDistill's ground-truth target-aware
+        queries) must reach the teacher's one pass too, so its taps see those inputs. A teacher store cannot
+        replay an input it was not built with, so a non-empty answer needs a live teacher.
+        """
+        return {}
+
     def fuses_task_loss(self, teacher_feats: Features) -> bool:
         """Whether, for these teacher outputs, this recipe computes the task CE together with its own term.
 
