@@ -148,3 +148,22 @@ def test_refuses_batch_without_boxes_and_store_teacher() -> None:
         Distiller(student, build_method("clockdistill"), teacher, task=build_task("classification"))
     with pytest.raises(ValueError, match="not a DETR"):
         _distiller(build_model("convnet", num_classes=3, image_size=32), teacher)
+
+
+def test_teacher_store_cannot_take_the_extra_queries() -> None:
+    student, teacher = _pair()
+    batch = _batch()
+    live = _distiller(student, teacher)
+    live.prepare(batch)
+    feats = live.teacher(batch)
+
+    class Replay:  # a teacher source replaying recorded outputs, as a store does
+        tap_names = set(feats)
+
+        def __call__(self, b):
+            return feats
+
+    d = Distiller(student, build_method("clockdistill"), Replay(), ce_weight=0.0, task=ToyImageTask())
+    d.prepare(batch)
+    with pytest.raises(ValueError, match="cannot replay"):
+        d(batch)

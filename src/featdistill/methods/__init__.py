@@ -29,6 +29,7 @@ from featdistill.methods import (  # noqa: F401  (registration)
     lsskd,
     mealv2,
     nd,
+    nd_det,
     nkd,
     nst,
     ofa,
